@@ -1,0 +1,32 @@
+"""kgl: find kidney glomeruli in Visium sections.
+
+Rooms by verb, as in squidpy: :mod:`kgl.io` (read), :mod:`kgl.im` (patches), :mod:`kgl.tl`
+(classify), :mod:`kgl.pl` (plots), :mod:`kgl.models` (backbones, checkpoints) and
+:mod:`kgl.datasets`. Sub-packages load on first access, so ``import kgl`` stays cheap and never
+imports torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+from kgl._settings import settings
+
+__version__ = "0.1.0.dev0"
+__all__ = ["datasets", "im", "io", "models", "pl", "settings", "tl"]
+
+_SUBMODULES = {"datasets", "im", "io", "models", "pl", "tl"}
+
+if TYPE_CHECKING:  # pragma: no cover
+    from kgl import datasets, im, io, models, pl, tl
+
+
+def __getattr__(name: str):
+    if name in _SUBMODULES:
+        return importlib.import_module(f"kgl.{name}")
+    raise AttributeError(f"module 'kgl' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,127 @@
+"""Shared helpers: resolving ``library_id``, reading Visium metadata from ``adata.uns``, atomic writes."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kgl._logging import logger
+
+SPOT_DIAMETER_UM = 55.0
+SPOT_PITCH_UM = 100.0
+
+
+def _spatial_uns(adata: Any, spatial_key: str = "spatial") -> dict:
+    if spatial_key not in adata.uns:
+        raise KeyError(
+            f"adata.uns[{spatial_key!r}] not found: kgl needs the squidpy/scanpy Visium layout "
+            f"(uns[{spatial_key!r}][library_id] with 'images' and 'scalefactors'). "
+            f"Available uns keys: {sorted(adata.uns.keys())}. Read Space Ranger output with kgl.io.read_visium."
+        )
+    spatial = adata.uns[spatial_key]
+    if not isinstance(spatial, dict) or not spatial:
+        raise KeyError(f"adata.uns[{spatial_key!r}] is empty: no library_id with images/scalefactors.")
+    return spatial
+
+
+def resolve_library_ids(
+    adata: Any, library_id: str | Sequence[str] | None = None, *, spatial_key: str = "spatial"
+) -> list[str]:
+    """Return the library ids to process; unknown ids raise a :class:`KeyError` listing the available ones."""
+    available = list(_spatial_uns(adata, spatial_key).keys())
+    if library_id is None:
+        return available
+    wanted = [library_id] if isinstance(library_id, str) else list(library_id)
+    missing = [lib for lib in wanted if lib not in available]
+    if missing:
+        raise KeyError(f"library_id {missing[0]!r} not found in adata.uns[{spatial_key!r}]. Available: {available}.")
+    return wanted
+
+
+def library_mask(adata: Any, library_id: str, library_ids: Sequence[str], library_key: str = "library_id") -> np.ndarray:
+    """Boolean mask of the spots that belong to ``library_id``.
+
+    With a single library every spot belongs to it; with several, ``adata.obs[library_key]`` says
+    which spot is where (as :func:`anndata.concat` with ``uns_merge`` and squidpy expect).
+    """
+    if len(library_ids) == 1 and library_key not in adata.obs:
+        return np.ones(adata.n_obs, dtype=bool)
+    if library_key not in adata.obs:
+        raise KeyError(
+            f"adata.uns['spatial'] has {len(library_ids)} libraries {list(library_ids)} but adata.obs has no "
+            f"{library_key!r} column saying which spot belongs to which; pass library_key=."
+        )
+    return (adata.obs[library_key].astype(str) == str(library_id)).to_numpy()
+
+
+def scalefactors(adata: Any, library_id: str, spatial_key: str = "spatial") -> dict[str, float]:
+    """The library's Space Ranger scalefactors; checks ``spot_diameter_fullres``."""
+    lib = _spatial_uns(adata, spatial_key)[library_id]
+    sf = lib.get("scalefactors")
+    if sf is None:
+        raise KeyError(
+            f"adata.uns[{spatial_key!r}][{library_id!r}] has no 'scalefactors' (keys: {sorted(lib)}); "
+            "it needs at least 'spot_diameter_fullres'."
+        )
+    d = sf.get("spot_diameter_fullres")
+    if d is None or not np.isfinite(float(d)) or float(d) <= 0:
+        raise ValueError(
+            f"scalefactors['spot_diameter_fullres'] of library {library_id!r} is {d!r}; it must be a positive "
+            "number (the 55-µm spot diameter in full-resolution pixels, from scalefactors_json.json)."
+        )
+    return {k: float(v) for k, v in sf.items() if np.isscalar(v)}
+
+
+def mpp_from_scalefactors(sf: dict[str, float]) -> float:
+    """µm per full-resolution pixel implied by the 55-µm Visium spot."""
+    return SPOT_DIAMETER_UM / float(sf["spot_diameter_fullres"])
+
+
+def check_mpp_agreement(mpp_spot: float, mpp_meta: float | None, *, source: str, tol: float = 0.10) -> bool:
+    """Warn when the image's own µm/px disagrees with the spot-derived one by more than ``tol``."""
+    if mpp_meta is None or not np.isfinite(mpp_meta) or mpp_meta <= 0:
+        return True
+    rel = abs(mpp_meta - mpp_spot) / mpp_spot
+    if rel > tol:
+        logger.warning(
+            "µm/px disagreement for %s: image metadata says %.4g µm/px, spot_diameter_fullres (55 µm) implies "
+            "%.4g µm/px (%.0f%% apart). Using the scalefactors; check that the image and scalefactors belong "
+            "together.",
+            source,
+            mpp_meta,
+            mpp_spot,
+            100 * rel,
+        )
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling path; rename it onto ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            if tmp.is_dir():
+                import shutil
+
+                shutil.rmtree(tmp)
+            else:
+                tmp.unlink()
+
+
+def write_obs_key(adata: Any, key: str, values: Any) -> None:
+    """Write ``adata.obs[key]``, warning (as scanpy does) when it overwrites an existing column."""
+    if key in adata.obs:
+        logger.warning("adata.obs[%r] already exists and is overwritten.", key)
+    adata.obs[key] = values
