@@ -1,0 +1,156 @@
+"""SpatialData input for the public AnnData functions.
+
+A :class:`~spatialdata.SpatialData` with circle shapes (Visium spots, ``radius`` column), an image
+element sharing a coordinate system with them and a table annotating the shapes is mapped onto the
+squidpy layout kgl works on: each annotated shapes element (region) becomes a ``library_id``, spot
+centres are expressed in the pixel frame of the chosen image's finest scale, and the image is read
+lazily through its multiscale pyramid. Results are written back into the table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from kgl._utils import SPOT_DIAMETER_UM
+
+__all__ = ["is_spatialdata", "run_on_spatialdata", "spatialdata_view"]
+
+
+def is_spatialdata(obj: Any) -> bool:
+    """True for :class:`spatialdata.SpatialData` (checked without importing spatialdata)."""
+    return type(obj).__name__ == "SpatialData" and type(obj).__module__.startswith("spatialdata")
+
+
+def _table(sdata: Any, table_name: str | None) -> tuple[str, Any]:
+    names = list(sdata.tables.keys())
+    if table_name is None:
+        if len(names) != 1:
+            raise ValueError(f"SpatialData has {len(names)} tables {names}; pass table_name= to choose one.")
+        table_name = names[0]
+    if table_name not in sdata.tables:
+        raise KeyError(f"Table {table_name!r} not found. Available: {names}.")
+    return table_name, sdata.tables[table_name]
+
+
+def _affine(element: Any, cs: str) -> np.ndarray:
+    from spatialdata.transformations import get_transformation
+
+    t = get_transformation(element, to_coordinate_system=cs)
+    return np.asarray(t.to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y")), dtype=np.float64)
+
+
+def _image_levels(image: Any) -> list[tuple[Any, float]]:
+    """``(array (H, W, C) lazily transposed, downsample vs. finest scale)`` for a (multiscale) image element."""
+    arrays = []
+    if hasattr(image, "children") and len(getattr(image, "children", {})):  # DataTree multiscale
+        for name in sorted(image.children, key=lambda s: int("".join(ch for ch in s if ch.isdigit()) or 0)):
+            node = image[name]
+            var = next(iter(node.data_vars)) if hasattr(node, "data_vars") else "image"
+            arrays.append(node[var])
+    else:
+        arrays.append(image)
+    h0 = arrays[0].sizes["y"]
+    out = []
+    for da in arrays:
+        data = da.transpose("y", "x", "c").data  # dask: stays lazy
+        out.append((data, h0 / da.sizes["y"]))
+    return out
+
+
+def spatialdata_view(
+    sdata: Any,
+    *,
+    table_name: str | None = None,
+    img_key: str | None = None,
+    library_key: str = "library_id",
+) -> tuple[Any, str]:
+    """A temporary AnnData in the squidpy layout over the table's spots (rows in table order)."""
+    import anndata as ad
+
+    from kgl.io._image import SlideImage
+
+    table_name, table = _table(sdata, table_name)
+    attrs = table.uns.get("spatialdata_attrs") or {}
+    if not attrs.get("region"):
+        raise KeyError(f"Table {table_name!r} does not annotate any element (uns['spatialdata_attrs']['region']).")
+    region_key, instance_key = attrs["region_key"], attrs["instance_key"]
+    regions = [attrs["region"]] if isinstance(attrs["region"], str) else list(attrs["region"])
+    coords = np.full((table.n_obs, 2), np.nan)
+    spatial: dict[str, Any] = {}
+    lib = np.empty(table.n_obs, dtype=object)
+    for region in regions:
+        if region not in sdata.shapes:
+            raise KeyError(f"Table {table_name!r} annotates {region!r}, which is not a shapes element: kgl needs Visium "
+                           f"circles. Shapes: {list(sdata.shapes)}.")
+        shapes = sdata.shapes[region]
+        if "radius" not in shapes.columns:
+            raise ValueError(f"Shapes {region!r} are not circles (no 'radius' column); kgl needs Visium spot circles.")
+        from spatialdata.transformations import get_transformation
+
+        shape_cs = set(get_transformation(shapes, get_all=True))
+        candidates = []
+        for name, image in sdata.images.items():
+            common = shape_cs & set(get_transformation(image, get_all=True))
+            if common and (img_key is None or name == img_key):
+                cs = sorted(common)[0]
+                to_img = np.linalg.inv(_affine(image, cs)) @ _affine(shapes, cs)
+                candidates.append((abs(np.linalg.det(to_img[:2, :2])), name, to_img))
+        if not candidates:
+            which = f"image {img_key!r}" if img_key else "any image"
+            raise KeyError(
+                f"Shapes {region!r} share no coordinate system with {which}. Images: {list(sdata.images)}; "
+                f"coordinate systems of the shapes: {sorted(shape_cs)}."
+            )
+        det, name, to_img = max(candidates, key=lambda c: c[0])  # highest resolution
+        lin = to_img[:2, :2]
+        if not np.allclose(lin, np.diag(np.diag(lin))) or not np.isclose(lin[0, 0], lin[1, 1]):
+            raise NotImplementedError(f"Shapes {region!r} map to image {name!r} by a rotation/shear; kgl supports scale + translation.")
+        rows = np.flatnonzero(table.obs[region_key].astype(str).to_numpy() == region)
+        inst = table.obs[instance_key].to_numpy()[rows]
+        missing = pd.Index(inst).difference(shapes.index)
+        if len(missing):
+            raise KeyError(f"{len(missing)} table rows point at instances missing from shapes {region!r} (e.g. {missing[0]!r}).")
+        geo = shapes.loc[inst]
+        xy = np.c_[geo.geometry.x.to_numpy(), geo.geometry.y.to_numpy(), np.ones(len(geo))] @ to_img.T
+        coords[rows] = xy[:, :2]
+        lib[rows] = region
+        radius = float(np.median(geo["radius"].to_numpy())) * float(lin[0, 0])
+        image = SlideImage(_image_levels(sdata.images[name]), name=f"{region}/{name}")
+        spatial[region] = {
+            "images": {name: image},
+            "scalefactors": {"spot_diameter_fullres": 2.0 * radius, f"tissue_{name}_scalef": 1.0},
+            "metadata": {"spatialdata_image": name, "spot_um": SPOT_DIAMETER_UM},
+        }
+    view = ad.AnnData(obs=pd.DataFrame({library_key: pd.Categorical(lib)}, index=table.obs_names.copy()))
+    view.obsm["spatial"] = coords
+    view.uns["spatial"] = spatial
+    return view, table_name
+
+
+def run_on_spatialdata(func: Callable, sdata: Any, *, table_name: str | None, copy: bool, keys: str, **kwargs: Any) -> Any:
+    """Run an AnnData function on a SpatialData's spots and copy its outputs into the table."""
+    view, table_name = spatialdata_view(
+        sdata, table_name=table_name, img_key=kwargs.pop("img_key", None), library_key=kwargs.get("library_key", "library_id")
+    )
+    before_obs, before_obsm, before_uns = set(view.obs), set(view.obsm), set(view.uns)
+    func(view, copy=False, **kwargs)
+    if copy:
+        import spatialdata
+
+        sdata = spatialdata.deepcopy(sdata)
+    table = sdata.tables[table_name]
+    from kgl._utils import write_obs_key
+
+    for k in view.obs:
+        if k not in before_obs or k.startswith(keys):
+            write_obs_key(table, k, view.obs[k].to_numpy() if not isinstance(view.obs[k].dtype, pd.CategoricalDtype)
+                          else view.obs[k].values)
+    for k in set(view.obsm) - before_obsm:
+        table.obsm[k] = view.obsm[k]
+    for k in set(view.uns) - before_uns:
+        table.uns[k] = view.uns[k]
+    return sdata if copy else None

@@ -1,0 +1,246 @@
+"""Patches of tissue around Visium spots, defined in µm."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kgl._utils import (
+    _spatial_uns,
+    check_mpp_agreement,
+    library_mask,
+    mpp_from_scalefactors,
+    resolve_library_ids,
+    scalefactors,
+)
+from kgl.io._image import SlideImage
+
+__all__ = ["SpotPatchDataset", "SpotSet", "spot_image", "spot_patches", "spot_sets"]
+
+
+def spot_image(
+    adata: Any, library_id: str | None = None, *, img_key: str | None = None, spatial_key: str = "spatial"
+) -> tuple[SlideImage, str]:
+    """The tissue image of a library as a lazy :class:`~kgl.io.SlideImage` in the full-res spot frame.
+
+    Parameters
+    ----------
+    adata
+        AnnData in the squidpy Visium layout.
+    library_id
+        Sample; may be omitted when there is only one.
+    img_key
+        ``"fullres"`` (the file in ``uns["spatial"][library_id]["metadata"]["source_image_path"]``), or a
+        key of ``uns["spatial"][library_id]["images"]`` (``"hires"``, ``"lowres"``) with a matching
+        ``tissue_<img_key>_scalef``. Default: the highest resolution available.
+
+    Returns
+    -------
+    The image and the ``img_key`` used.
+    """
+    libs = resolve_library_ids(adata, library_id, spatial_key=spatial_key)
+    if library_id is None and len(libs) > 1:
+        raise ValueError(f"adata has several libraries {libs}; pass library_id=.")
+    lib = libs[0]
+    meta = _spatial_uns(adata, spatial_key)[lib]
+    images = meta.get("images") or {}
+    source = (meta.get("metadata") or {}).get("source_image_path")
+    available = (["fullres"] if source else []) + list(images)
+    if img_key is None:
+        if not available:
+            raise KeyError(
+                f"Library {lib!r} has no tissue image: uns[{spatial_key!r}][{lib!r}]['images'] is empty and "
+                "metadata has no 'source_image_path'. Read the folder with fullres_image_file= or add an image."
+            )
+        img_key = "fullres" if source else ("hires" if "hires" in images else next(iter(images)))
+    if img_key == "fullres":
+        if not source:
+            raise KeyError(f"Library {lib!r} has no full-resolution image (metadata.source_image_path). Available: {available}.")
+        path = Path(source)
+        if not path.exists():
+            raise FileNotFoundError(
+                f"The full-resolution image of library {lib!r} is missing: {str(path)!r}. Fix "
+                f"uns[{spatial_key!r}][{lib!r}]['metadata']['source_image_path'] or use img_key from {list(images)}."
+            )
+        img = SlideImage.open(path)
+        img.name = f"{lib}/fullres ({path.name})"
+        return img, img_key
+    if img_key not in images:
+        raise KeyError(f"Image {img_key!r} not found for library {lib!r}. Available: {available}.")
+    if isinstance(images[img_key], SlideImage):  # already in the spot frame (SpatialData input)
+        return images[img_key], img_key
+    sf = scalefactors(adata, lib, spatial_key)
+    factor = sf.get(f"tissue_{img_key}_scalef")
+    if factor is None or not np.isfinite(factor) or factor <= 0:
+        raise KeyError(
+            f"scalefactors of library {lib!r} have no valid 'tissue_{img_key}_scalef' (got {factor!r}) to map "
+            f"the {img_key!r} image to full-resolution coordinates."
+        )
+    img = SlideImage.from_array(images[img_key], downsample=1.0 / factor, name=f"{lib}/{img_key}")
+    return img, img_key
+
+
+@dataclass
+class SpotSet:
+    """The spots of one library with everything needed to cut their patches.
+
+    Attributes
+    ----------
+    library_id
+        Sample.
+    index
+        Positions of these spots in ``adata.obs`` (integers).
+    centers
+        ``(n, 2)`` spot centres, full-resolution ``x, y`` px.
+    image
+        The library's image.
+    img_key
+        Which image.
+    mpp
+        µm per full-resolution pixel (from ``spot_diameter_fullres``).
+    """
+
+    library_id: str
+    index: np.ndarray
+    centers: np.ndarray
+    image: SlideImage
+    img_key: str
+    mpp: float
+
+    def patch_size_px(self, patch_um: float) -> float:
+        """Side of a ``patch_um`` patch in full-resolution pixels."""
+        return patch_um / self.mpp
+
+
+def _check_patch_args(patch_um: float, size: int) -> None:
+    if not np.isfinite(patch_um) or patch_um <= 0:
+        raise ValueError(f"patch_um must be a positive number of µm, got {patch_um!r}.")
+    if int(size) != size or size < 8:
+        raise ValueError(f"size (output patch side in pixels) must be an integer >= 8, got {size!r}.")
+
+
+def spot_sets(
+    adata: Any,
+    *,
+    library_id: str | Sequence[str] | None = None,
+    img_key: str | None = None,
+    spatial_key: str = "spatial",
+    library_key: str = "library_id",
+) -> list[SpotSet]:
+    """Resolve libraries, images, µm/px and spot centres; validates everything before any pixel is read."""
+    all_libs = resolve_library_ids(adata, None, spatial_key=spatial_key)
+    libs = resolve_library_ids(adata, library_id, spatial_key=spatial_key)
+    if spatial_key not in adata.obsm:
+        raise KeyError(f"adata.obsm[{spatial_key!r}] not found (spot centres). Available: {list(adata.obsm.keys())}.")
+    coords = np.asarray(adata.obsm[spatial_key], dtype=np.float64)
+    if coords.ndim != 2 or coords.shape[1] < 2:
+        raise ValueError(f"adata.obsm[{spatial_key!r}] must be (n_spots, 2), got shape {coords.shape}.")
+    if adata.n_obs == 0:
+        raise ValueError("adata has no spots (n_obs == 0).")
+    sets = []
+    for lib in libs:
+        mask = library_mask(adata, lib, all_libs, library_key)
+        idx = np.flatnonzero(mask)
+        if len(idx) == 0:
+            raise ValueError(f"No spot of adata belongs to library {lib!r} (adata.obs[{library_key!r}]).")
+        c = coords[idx, :2]
+        bad = ~np.isfinite(c).all(axis=1)
+        if bad.any():
+            raise ValueError(
+                f"{bad.sum()} spots of library {lib!r} have non-finite coordinates in obsm[{spatial_key!r}] "
+                f"(e.g. {adata.obs_names[idx[bad][0]]!r}); drop or fix them first."
+            )
+        sf = scalefactors(adata, lib, spatial_key)
+        mpp = mpp_from_scalefactors(sf)
+        image, key = spot_image(adata, lib, img_key=img_key, spatial_key=spatial_key)
+        if image.mpp is not None:
+            check_mpp_agreement(mpp, image.mpp, source=image.name)
+        h, w = image.shape
+        off = (c[:, 0] < 0) | (c[:, 1] < 0) | (c[:, 0] > w) | (c[:, 1] > h)
+        if off.all():
+            raise ValueError(
+                f"All {len(c)} spots of library {lib!r} lie outside its {key!r} image ({w}x{h} full-res px): the "
+                "scalefactors or coordinates do not belong to this image."
+            )
+        sets.append(SpotSet(lib, idx, c, image, key, mpp))
+    return sets
+
+
+class SpotPatchDataset:
+    """Map-style dataset of spot patches (a :class:`torch.utils.data.DataLoader` accepts it as is).
+
+    Item ``i`` is ``(patch, inside)``: a ``uint8`` RGB array ``(size, size, 3)`` of side ``patch_um`` µm
+    centred on spot ``i`` and the fraction of that square inside the image; outside is padded with
+    ``fill`` (white).
+    """
+
+    def __init__(self, spots: SpotSet, *, patch_um: float, size: int, fill: int = 255) -> None:
+        _check_patch_args(patch_um, size)
+        self.spots = spots
+        self.patch_um = float(patch_um)
+        self.size = int(size)
+        self.fill = fill
+        self.size_px = spots.patch_size_px(patch_um)
+        self.level = spots.image.select_level(self.size_px / self.size)
+
+    def __len__(self) -> int:
+        return len(self.spots.centers)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, float]:
+        x, y = self.spots.centers[i]
+        return self.spots.image.read_region((x, y), self.size_px, self.size, level=self.level, fill=self.fill)
+
+
+def spot_patches(
+    adata: Any,
+    *,
+    library_id: str | Sequence[str] | None = None,
+    patch_um: float = 110.0,
+    size: int = 224,
+    batch_size: int = 64,
+    img_key: str | None = None,
+    spatial_key: str = "spatial",
+    library_key: str = "library_id",
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Iterate over batches of RGB patches centred on the spots.
+
+    Parameters
+    ----------
+    adata
+        AnnData in the squidpy Visium layout.
+    library_id
+        Sample(s) to read; all by default.
+    patch_um
+        Side of the square patch in µm (converted with the µm/px implied by ``spot_diameter_fullres``).
+    size
+        Side of the returned patches in pixels (the model's input size).
+    batch_size
+        Patches per batch.
+    img_key
+        Image to read (see :func:`spot_image`); the highest resolution available by default.
+    spatial_key
+        Key of the spot coordinates in ``adata.obsm``.
+    library_key
+        Column of ``adata.obs`` naming each spot's library when there are several.
+
+    Yields
+    ------
+    ``(obs_index, patches, inside)``: integer positions into ``adata.obs``, ``uint8`` array
+    ``(B, size, size, 3)`` and the fraction of each patch inside the image ``(B,)``.
+    """
+    if int(batch_size) != batch_size or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    _check_patch_args(patch_um, size)
+    for spots in spot_sets(adata, library_id=library_id, img_key=img_key, spatial_key=spatial_key, library_key=library_key):
+        ds = SpotPatchDataset(spots, patch_um=patch_um, size=size)
+        for start in range(0, len(ds), batch_size):
+            items = [ds[i] for i in range(start, min(start + batch_size, len(ds)))]
+            yield (
+                spots.index[start : start + len(items)],
+                np.stack([p for p, _ in items]),
+                np.asarray([f for _, f in items], dtype=np.float32),
+            )

@@ -1,0 +1,29 @@
+"""Models: torchvision backbones by name, the registry of trained models, checkpoints."""
+
+from kgl.models._model import (
+    CLASS_NAMES,
+    DEFAULT_WEIGHTS,
+    GlomClassifier,
+    build_model,
+    load_checkpoint,
+    save_checkpoint,
+    state_dict_sha256,
+)
+from kgl.models._registry import REGISTRY, ModelEntry, available_models, fetch_model
+from kgl.models._resolve import DEFAULT_MODEL, resolve_model
+
+__all__ = [
+    "CLASS_NAMES",
+    "DEFAULT_MODEL",
+    "DEFAULT_WEIGHTS",
+    "REGISTRY",
+    "GlomClassifier",
+    "ModelEntry",
+    "available_models",
+    "build_model",
+    "fetch_model",
+    "load_checkpoint",
+    "resolve_model",
+    "save_checkpoint",
+    "state_dict_sha256",
+]

@@ -1,0 +1,86 @@
+"""Turn what the user passed as ``model=`` into a :class:`~kgl.models.GlomClassifier`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from kgl._logging import logger
+from kgl.models._registry import REGISTRY, fetch_model
+
+DEFAULT_MODEL = "resnet50"
+
+
+def resolve_model(model: Any = None) -> Any:
+    """Resolve ``model`` (checkpoint path, registry name, ``"backbone[:WEIGHTS]"`` or torch module)."""
+    from torch import nn
+
+    from kgl.models._model import GlomClassifier, build_model, load_checkpoint
+
+    if model is None:
+        model = DEFAULT_MODEL
+    if isinstance(model, GlomClassifier):
+        return model
+    if isinstance(model, nn.Module):
+        return _wrap_module(model)
+    if isinstance(model, os.PathLike) or (isinstance(model, str) and (os.sep in model or model.endswith(".pt"))):
+        return load_checkpoint(Path(model))
+    if not isinstance(model, str):
+        raise TypeError(f"model must be a checkpoint path, a registry name or a torch.nn.Module, got {type(model).__name__}.")
+    if model in REGISTRY:
+        return load_checkpoint(fetch_model(model))
+    backbone, _, weights = model.partition(":")
+    import torchvision
+
+    if backbone not in torchvision.models.list_models(module=torchvision.models):
+        raise KeyError(
+            f"Unknown model {model!r}. Trained kgl models: {sorted(REGISTRY) or 'none yet'}; or a checkpoint path; "
+            "or an ImageNet torchvision backbone such as 'resnet50' or 'mobilenet_v2:IMAGENET1K_V1'."
+        )
+    net = build_model(backbone, weights=weights or "DEFAULT_KGL")
+    logger.warning(
+        "model=%r is an ImageNet backbone with an untrained glomerulus head: embeddings are meaningful, but every "
+        "probability is 0.5 and labels are not informative. Pass a trained kgl checkpoint for real calls.",
+        model,
+    )
+    return net
+
+
+def _wrap_module(module: Any) -> Any:
+    """Use a plain classifier module: its last Linear layer becomes the head, its input the embedding."""
+    import copy
+
+    from kgl.models._model import CLASS_NAMES, GlomClassifier, _strip_last_linear
+
+    from torch import nn
+
+    module = copy.deepcopy(module)
+    last = [m for m in module.modules() if isinstance(m, nn.Linear)]
+    if not last:
+        raise ValueError(f"{type(module).__name__} has no nn.Linear output layer; wrap it as kgl.models.GlomClassifier.")
+    head = last[-1]
+    config = dict(getattr(module, "kgl_config", {}))
+    n_classes = head.out_features
+    class_names = config.get("class_names", list(CLASS_NAMES))
+    if n_classes != len(class_names):
+        raise ValueError(
+            f"The module's output layer has {n_classes} outputs but kgl expects {len(class_names)} classes {class_names}."
+        )
+    num_features = _strip_last_linear(module)
+    cfg = {
+        "backbone": type(module).__name__,
+        "weights": None,
+        "class_names": list(class_names),
+        "positive_class": class_names[-1],
+        "patch_um": 110.0,
+        "input_size": 224,
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+        "threshold": 0.5,
+        "head_trained": True,
+        **config,
+    }
+    out = GlomClassifier(module, num_features, cfg)
+    out.head = head
+    return out

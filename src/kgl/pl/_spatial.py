@@ -1,0 +1,137 @@
+"""Spatial plots of spot calls over the tissue image (built on :func:`squidpy.pl.spatial_scatter`)."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kgl._utils import _spatial_uns, mpp_from_scalefactors, resolve_library_ids, scalefactors
+
+__all__ = ["spatial_glom"]
+
+
+def _squidpy() -> Any:
+    with warnings.catch_warnings():  # squidpy's docrep emits SyntaxWarnings at import
+        warnings.simplefilter("ignore")
+        import squidpy as sq
+    return sq
+
+
+def spatial_glom(
+    adata: Any,
+    *,
+    library_id: str | Sequence[str] | None = None,
+    key: str = "glomerulus",
+    color: str | Sequence[str] | None = None,
+    img_res_key: str | None = None,
+    library_key: str = "library_id",
+    spatial_key: str = "spatial",
+    table_name: str | None = None,
+    size: float = 1.0,
+    scalebar: bool = True,
+    figsize: tuple[float, float] | None = None,
+    dpi: int = 150,
+    save: str | os.PathLike | None = None,
+    ax: Any = None,
+    **kwargs: Any,
+) -> Any:
+    """Draw glomerulus calls (labels and probabilities) over the tissue image.
+
+    Parameters
+    ----------
+    adata
+        AnnData annotated by :func:`kgl.tl.classify_spots` (or a SpatialData whose table is).
+    library_id
+        Sample(s) to draw; all by default (one panel each).
+    key
+        The ``key_added`` used by :func:`~kgl.tl.classify_spots`.
+    color
+        What to colour spots by: any ``obs`` column(s) or gene(s). Default: the label
+        ``obs[key]`` and the probability ``obs[f"{key}_proba"]`` side by side.
+    img_res_key
+        Background image (``"hires"``, ``"lowres"``); the highest resolution in ``uns`` by default.
+    library_key
+        Column of ``obs`` naming each spot's library when there are several.
+    spatial_key
+        Key of the spot coordinates in ``obsm``.
+    table_name
+        Table to plot for SpatialData input.
+    size
+        Spot size relative to the 55-µm spot diameter.
+    scalebar
+        Draw a µm scale bar.
+    figsize, dpi
+        Figure size and resolution.
+    save
+        Write the figure there (PNG/PDF/SVG by extension); written atomically.
+    ax
+        Axes to draw into.
+    kwargs
+        Passed to :func:`squidpy.pl.spatial_scatter` (``palette``, ``cmap``, ``crop_coord``, ...).
+
+    Returns
+    -------
+    The matplotlib axes (a list when there are several panels).
+    """
+    from kgl._spatialdata import is_spatialdata
+
+    if is_spatialdata(adata):
+        from spatialdata_io.experimental import to_legacy_anndata
+
+        adata = to_legacy_anndata(adata, table_name=table_name, include_images=True)
+    if color is None:
+        if key not in adata.obs:
+            raise KeyError(
+                f"adata.obs[{key!r}] not found: run kgl.tl.classify_spots(adata, key_added={key!r}) first, or pass "
+                f"key=/color=. Available obs columns: {list(adata.obs.columns)}."
+            )
+        color = [key, f"{key}_proba"]
+    colors = [color] if isinstance(color, str) else list(color)
+    missing = [c for c in colors if c not in adata.obs and c not in adata.var_names]
+    if missing:
+        raise KeyError(f"Cannot colour by {missing}: not in adata.obs or var_names. obs columns: {list(adata.obs.columns)}.")
+    libs = resolve_library_ids(adata, library_id, spatial_key=spatial_key)
+    first = _spatial_uns(adata, spatial_key)[libs[0]]
+    images = first.get("images") or {}
+    if img_res_key is None:
+        img_res_key = "hires" if "hires" in images else ("lowres" if "lowres" in images else None)
+    elif img_res_key not in images:
+        raise KeyError(f"Image {img_res_key!r} not in library {libs[0]!r}. Available: {list(images)}.")
+    sf = scalefactors(adata, libs[0], spatial_key)
+    plot_kwargs: dict[str, Any] = {
+        "color": colors,
+        "library_id": libs,
+        "img": img_res_key is not None,
+        "img_res_key": img_res_key or "hires",
+        "size": size,
+        "spatial_key": spatial_key,
+        "return_ax": True,
+        "figsize": figsize,
+        "dpi": dpi,
+        "ax": ax,
+        "legend_na": False,
+    }
+    if len(_spatial_uns(adata, spatial_key)) > 1:
+        plot_kwargs["library_key"] = library_key
+    if f"{key}_proba" in colors:
+        plot_kwargs.setdefault("cmap", "magma")
+    if scalebar:
+        scale = sf.get(f"tissue_{img_res_key}_scalef", 1.0) if img_res_key else 1.0
+        plot_kwargs["scalebar_dx"] = mpp_from_scalefactors(sf) / scale
+        plot_kwargs["scalebar_units"] = "um"
+    plot_kwargs.update(kwargs)
+    sq = _squidpy()
+    axes = sq.pl.spatial_scatter(adata, **plot_kwargs)
+    axs = list(np.ravel(axes)) if isinstance(axes, list | np.ndarray) else [axes]
+    if save is not None:
+        from kgl._utils import atomic_path
+
+        save = Path(save)
+        with atomic_path(save) as tmp:
+            axs[0].figure.savefig(tmp, dpi=dpi, bbox_inches="tight", format=save.suffix.lstrip(".") or "png")
+    return axs[0] if len(axs) == 1 else axs
