@@ -15,8 +15,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from kgl._utils import SPOT_DIAMETER_UM
-
 __all__ = ["is_spatialdata", "run_on_spatialdata", "spatialdata_view"]
 
 
@@ -123,7 +121,7 @@ def spatialdata_view(
         spatial[region] = {
             "images": {name: image},
             "scalefactors": {"spot_diameter_fullres": 2.0 * radius, f"tissue_{name}_scalef": 1.0},
-            "metadata": {"spatialdata_image": name, "spot_um": SPOT_DIAMETER_UM},
+            "metadata": {"spatialdata_image": name},
         }
     view = ad.AnnData(obs=pd.DataFrame({library_key: pd.Categorical(lib)}, index=table.obs_names.copy()))
     view.obsm["spatial"] = coords

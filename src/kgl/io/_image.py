@@ -324,6 +324,7 @@ class _LazyTiff(SlideImage):
                 shapes = [tuple(lvl.shape) for lvl in series.levels]
                 photometric = tif.pages[0].photometric
                 meta_mpp = _tiff_mpp(tif)
+                _check_tiles_in_file(tif, series, path)
         except Exception as e:
             raise ValueError(f"Could not read TIFF {str(path)!r} (corrupt or truncated?): {e}") from e
         if axes not in ("YX", "YXS"):
@@ -384,6 +385,18 @@ class _LazyTiff(SlideImage):
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self._lock = threading.Lock()
+
+
+def _check_tiles_in_file(tif: Any, series: Any, path: Path) -> None:
+    """A truncated TIFF has tile offsets past the end of the file: catch it from metadata, without decoding."""
+    size = tif.filehandle.size
+    for level in series.levels:
+        for page in level.pages:
+            if page is None or not hasattr(page, "dataoffsets"):
+                continue
+            ends = [o + c for o, c in zip(page.dataoffsets, page.databytecounts, strict=False) if c]
+            if ends and max(ends) > size:
+                raise ValueError(f"tile data ends at byte {max(ends)} but the file has {size} bytes")
 
 
 def _scaled(mpp: float | None, downsample: float) -> float | None:

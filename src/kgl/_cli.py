@@ -1,0 +1,204 @@
+"""Command line: ``kgl classify`` and ``kgl demo``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+_DESCRIPTION = """\
+kgl finds kidney glomeruli in Visium sections. For every spot it writes a glomerulus/other label,
+a probability and a CNN embedding into the AnnData (obs/obsm), the same as kgl.tl.classify_spots.
+
+  kgl classify <visium folder | data.h5ad | data.zarr> --out result.h5ad
+  kgl demo --out kgl-demo          # classify the semi-synthetic PAS-tiles Visium and plot it
+"""
+
+
+def _add_model_args(p: argparse.ArgumentParser, default_model: str | None) -> None:
+    p.add_argument(
+        "--model",
+        default=default_model,
+        help="kgl checkpoint (.pt), registered model name, or torchvision backbone with ImageNet weights "
+        "(e.g. resnet50, mobilenet_v2:IMAGENET1K_V1; untrained head). Default: %(default)s.",
+    )
+    p.add_argument("--patch-um", type=float, default=None, help="patch side in µm (default: the model's)")
+    p.add_argument("--batch-size", type=int, default=64, help="patches per forward pass (default: %(default)s)")
+    p.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes (default: %(default)s)")
+    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N (default: %(default)s)")
+    p.add_argument("--key-added", default="glomerulus", help="obs/obsm/uns key for the results (default: %(default)s)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kgl", description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    c = sub.add_parser(
+        "classify",
+        help="call glomerulus spots in a Visium sample",
+        description="Call every spot of a Visium sample glomerulus/other from its tissue image and write the "
+        "annotated data (obs[KEY], obs[KEY_proba], obs[KEY_in_image], obsm[X_KEY], uns[KEY]).",
+    )
+    c.add_argument("input", help="Space Ranger output folder (with spatial/), an .h5ad file or a SpatialData .zarr")
+    c.add_argument("--out", required=True, help="output .h5ad (or .zarr for SpatialData input); never overwrites the input")
+    c.add_argument("--fullres-image", default=None, help="full-resolution tissue image (TIFF) for a Visium folder")
+    c.add_argument("--library-id", default=None, help="sample to classify (default: all)")
+    c.add_argument("--img-key", default=None, help="fullres, hires or lowres (default: highest resolution available)")
+    c.add_argument("--plot", default=None, help="also write kgl.pl.spatial_glom to this PNG")
+    _add_model_args(c, None)
+
+    d = sub.add_parser(
+        "demo",
+        help="run the whole spot path on the semi-synthetic PAS-tiles Visium (needs the shared data)",
+        description="Build the semi-synthetic Visium from the PAS tiles (kgl.datasets.pas_tiles_visium), classify "
+        "its spots, print a summary against the ground truth and write the plot and the annotated .h5ad.",
+    )
+    d.add_argument("--out", default="kgl-demo", help="output folder (default: %(default)s)")
+    _add_model_args(d, "mobilenet_v2:IMAGENET1K_V1")
+    return parser
+
+
+def _read_input(path: Path, fullres: str | None) -> Any:
+    if not path.exists():
+        raise SystemExit(f"kgl: error: input {str(path)!r} does not exist.")
+    if path.suffix == ".h5ad":
+        import anndata as ad
+
+        return ad.read_h5ad(path)
+    if path.suffix == ".zarr":
+        import spatialdata
+
+        return spatialdata.read_zarr(path)
+    if path.is_dir():
+        from kgl.io import read_visium
+
+        return read_visium(path, fullres_image_file=fullres)
+    raise SystemExit(f"kgl: error: cannot read {str(path)!r}: expected a Visium folder, an .h5ad or a .zarr.")
+
+
+def _write(data: Any, out: Path) -> None:
+    from kgl._spatialdata import is_spatialdata
+    from kgl._utils import atomic_path
+
+    if is_spatialdata(data):
+        if out.suffix != ".zarr":
+            raise SystemExit("kgl: error: SpatialData output must end in .zarr.")
+        data.write(out, overwrite=True)
+        return
+    if out.suffix != ".h5ad":
+        raise SystemExit("kgl: error: --out must end in .h5ad for AnnData output.")
+    with atomic_path(out) as tmp:
+        data.write_h5ad(tmp)
+
+
+def _classify_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "model": args.model,
+        "patch_um": args.patch_um,
+        "batch_size": args.batch_size,
+        "num_workers": args.num_workers,
+        "device": args.device,
+        "key_added": args.key_added,
+        "show_progress": not args.quiet,
+    }
+
+
+def _summary(adata: Any, key: str, seconds: float) -> str:
+    n = int(adata.obs[key].notna().sum())
+    calls = adata.obs[key].value_counts().to_dict()
+    p = adata.uns[key]["params"]
+    lines = [
+        f"spots classified: {n} in {seconds:.1f} s ({n / seconds:.1f} spots/s, device {p['device']}, {p['precision']})",
+        f"calls: {', '.join(f'{k}={v}' for k, v in calls.items())}",
+        f"model: {p['model']} (weights {p['weights']}, head trained: {p['head_trained']}), patch {p['patch_um']:g} µm "
+        f"-> {p['input_size']} px",
+    ]
+    return "\n".join(lines)
+
+
+def _cmd_classify(args: argparse.Namespace) -> int:
+    import kgl
+
+    inp, out = Path(args.input), Path(args.out)
+    if out.resolve() == inp.resolve():
+        raise SystemExit("kgl: error: --out must differ from the input (kgl never overwrites your data).")
+    data = _read_input(inp, args.fullres_image)
+    t0 = time.perf_counter()
+    kgl.tl.classify_spots(data, library_id=args.library_id, img_key=args.img_key, **_classify_kwargs(args))
+    dt = time.perf_counter() - t0
+    _write(data, out)
+    from kgl._spatialdata import is_spatialdata
+
+    table = next(iter(data.tables.values())) if is_spatialdata(data) else data
+    print(_summary(table, args.key_added, dt))
+    if args.plot:
+        kgl.pl.spatial_glom(data, key=args.key_added, save=args.plot)
+        print(f"plot: {args.plot}")
+    print(f"written: {out}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import kgl
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    adata = kgl.datasets.pas_tiles_visium()
+    print(f"pseudo-Visium from the PAS tiles: {adata.n_obs} spots ({time.perf_counter() - t0:.1f} s)")
+    t0 = time.perf_counter()
+    kgl.tl.classify_spots(adata, **_classify_kwargs(args))
+    dt = time.perf_counter() - t0
+    print(_summary(adata, args.key_added, dt))
+    cov = adata.obs["glomerulus_coverage"].to_numpy()
+    called = (adata.obs[args.key_added] == "glomerulus").to_numpy()
+    pos, neg = cov >= 0.5, cov == 0
+    print(
+        f"ground truth: {int(pos.sum())} glomerulus spots (coverage >= 0.5), {int(neg.sum())} negative (coverage 0), "
+        f"{int((~pos & ~neg).sum())} ambiguous"
+    )
+    tp, fp, fn = int((called & pos).sum()), int((called & neg).sum()), int((~called & pos).sum())
+    prec = tp / (tp + fp) if tp + fp else float("nan")
+    rec = tp / (tp + fn) if tp + fn else float("nan")
+    f1 = 2 * prec * rec / (prec + rec) if tp else 0.0
+    print(f"spot-level vs ground truth: precision {prec:.3f}, recall {rec:.3f}, F1 {f1:.3f}")
+    if not adata.uns[args.key_added]["params"]["head_trained"]:
+        print("note: the model's glomerulus head is untrained (ImageNet backbone only): these calls are not meaningful.")
+    png = out / "spatial_glom.png"
+    kgl.pl.spatial_glom(adata, key=args.key_added, color=[args.key_added, f"{args.key_added}_proba", "glomerulus_coverage"],
+                        save=png)
+    h5 = out / "pas_tiles_visium.h5ad"
+    _write(adata, h5)
+    print(f"plot: {png}\nannotated data: {h5}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``kgl`` command."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from kgl import __version__
+
+        print(__version__)
+        return 0
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return {"classify": _cmd_classify, "demo": _cmd_demo}[args.command](args)
+    except (ValueError, KeyError, FileNotFoundError, RuntimeError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        print(f"kgl: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

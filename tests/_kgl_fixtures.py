@@ -1,0 +1,161 @@
+"""Test helpers: tiny synthetic Visium data and tiny real models (imported by conftest and tests)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+
+from kgl._utils import SPOT_DIAMETER_FULLRES_UM
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+def _setup_torch_home() -> None:
+    """Offline ImageNet weights: link the shared torchvision checkpoint into a private TORCH_HOME."""
+    weights = SHARED / "weights"
+    if "TORCH_HOME" in os.environ or not weights.is_dir():
+        return
+    home = Path(__file__).resolve().parents[1] / ".pytest_cache" / "torch"
+    ckpt = home / "hub" / "checkpoints"
+    ckpt.mkdir(parents=True, exist_ok=True)
+    for f in weights.glob("*.pth"):
+        if not (ckpt / f.name).exists():
+            (ckpt / f.name).symlink_to(f)
+    os.environ["TORCH_HOME"] = str(home)
+
+
+_setup_torch_home()
+
+
+def has_mobilenet_weights() -> bool:
+    home = Path(os.environ.get("TORCH_HOME", "~/.cache/torch")).expanduser()
+    return (home / "hub" / "checkpoints" / "mobilenet_v2-b0353104.pth").exists()
+
+
+def hex_grid(width: float, height: float, pitch: float) -> np.ndarray:
+    """Visium-like hexagonal spot centres (x, y) covering a width x height frame."""
+    pts = []
+    dy = pitch * np.sqrt(3) / 2
+    for r, y in enumerate(np.arange(pitch / 2, height, dy)):
+        for x in np.arange(pitch / 2 + (pitch / 2) * (r % 2), width, pitch):
+            pts.append((x, y))
+    return np.asarray(pts, dtype=float)
+
+
+def make_visium(
+    *,
+    width: int = 1200,
+    height: int = 1000,
+    mpp: float = 0.5,
+    library_id: str = "lib",
+    seed: int = 0,
+    hires_scalef: float = 1.0,
+) -> ad.AnnData:
+    """A hex-grid Visium AnnData (100 µm pitch) over a noisy pink image, in the squidpy layout."""
+    rng = np.random.default_rng(seed)
+    img = np.empty((height, width, 3), dtype=np.uint8)
+    img[...] = (230, 190, 215)
+    img = np.clip(img + rng.normal(0, 8, img.shape), 0, 255).astype(np.uint8)
+    xy = hex_grid(width, height, 100.0 / mpp)
+    names = [f"{library_id}-s{i:04d}" for i in range(len(xy))]
+    adata = ad.AnnData(obs=pd.DataFrame({"in_tissue": 1}, index=names))
+    adata.obsm["spatial"] = xy
+    if hires_scalef != 1.0:
+        import cv2
+
+        img = cv2.resize(img, (round(width * hires_scalef), round(height * hires_scalef)), interpolation=cv2.INTER_AREA)
+    adata.uns["spatial"] = {
+        library_id: {
+            "images": {"hires": img},
+            "scalefactors": {"tissue_hires_scalef": hires_scalef, "spot_diameter_fullres": SPOT_DIAMETER_FULLRES_UM / mpp},
+            "metadata": {},
+        }
+    }
+    return adata
+
+
+
+def center_red_model(window: float = 0.25):
+    """A real (tiny, hand-set) GlomClassifier: 'glomerulus' when the patch centre lacks green (red marker).
+
+    Its backbone pools each channel over the central ``window`` fraction of the patch, so its
+    calls reveal exactly where patches were cut.
+    """
+    import torch
+    from torch import nn
+
+    from kgl.models import GlomClassifier
+    from kgl.models._model import CLASS_NAMES
+
+    class CenterPool(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h, w = x.shape[-2:]
+            dh, dw = max(1, int(h * window / 2)), max(1, int(w * window / 2))
+            return x[..., h // 2 - dh : h // 2 + dh, w // 2 - dw : w // 2 + dw].mean(dim=(-2, -1))
+
+    cfg = {
+        "backbone": "center_pool",
+        "weights": None,
+        "class_names": list(CLASS_NAMES),
+        "positive_class": "glomerulus",
+        "patch_um": 60.0,
+        "input_size": 32,
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+        "threshold": 0.5,
+        "head_trained": True,
+    }
+    model = GlomClassifier(CenterPool(), 3, cfg)
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.zero_()
+        model.head.weight[1, 1] = -3.0  # low green -> glomerulus
+    return model
+
+
+def tiny_cnn(num_features: int = 8, seed: int = 0):
+    """A tiny random conv net as a GlomClassifier (fast, deterministic)."""
+    import torch
+    from torch import nn
+
+    from kgl.models import GlomClassifier
+    from kgl.models._model import CLASS_NAMES
+
+    torch.manual_seed(seed)
+    backbone = nn.Sequential(nn.Conv2d(3, num_features, 3, stride=4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    cfg = {
+        "backbone": "tiny_cnn",
+        "weights": None,
+        "class_names": list(CLASS_NAMES),
+        "positive_class": "glomerulus",
+        "patch_um": 110.0,
+        "input_size": 32,
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+        "threshold": 0.5,
+        "head_trained": True,
+    }
+    model = GlomClassifier(backbone, num_features, cfg)
+    torch.manual_seed(seed + 1)
+    nn.init.normal_(model.head.weight, std=0.5)
+    return model
+
+
+def plant_markers(adata: ad.AnnData, spots: list[int], radius_um: float = 15.0, img_key: str = "hires") -> None:
+    """Paint red disks at the given spots' centres into the library's image (in place)."""
+    lib = next(iter(adata.uns["spatial"]))
+    meta = adata.uns["spatial"][lib]
+    img = meta["images"][img_key]
+    sf = meta["scalefactors"]
+    scale = sf.get(f"tissue_{img_key}_scalef", 1.0)
+    mpp = SPOT_DIAMETER_FULLRES_UM / sf["spot_diameter_fullres"]
+    yy, xx = np.mgrid[: img.shape[0], : img.shape[1]]
+    for i in spots:
+        x, y = adata.obsm["spatial"][i] * scale
+        r = radius_um / mpp * scale
+        img[(xx - x) ** 2 + (yy - y) ** 2 <= r**2] = (220, 0, 0)
