@@ -1,0 +1,177 @@
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from _kgl_fixtures import center_red_model, make_visium, plant_markers, tiny_cnn
+
+import kgl
+
+
+def _snapshot(adata):
+    return (
+        list(adata.obs.columns),
+        list(adata.obsm.keys()),
+        sorted(adata.uns.keys()),
+        adata.obs.copy(),
+        {k: np.array(v, copy=True) for k, v in adata.obsm.items()},
+    )
+
+
+def _assert_unchanged(adata, snap):
+    cols, obsm, uns, obs, arrays = snap
+    assert list(adata.obs.columns) == cols
+    assert list(adata.obsm.keys()) == obsm
+    assert sorted(adata.uns.keys()) == uns
+    pd.testing.assert_frame_equal(adata.obs, obs)
+    for k, v in arrays.items():
+        np.testing.assert_array_equal(adata.obsm[k], v)
+
+
+def test_contract_and_markers(visium):
+    marked = [2, 11, 25]
+    plant_markers(visium, marked, radius_um=12)
+    assert kgl.tl.classify_spots(visium, center_red_model(), show_progress=False) is None
+    obs = visium.obs
+    assert isinstance(obs["glomerulus"].dtype, pd.CategoricalDtype)
+    assert obs["glomerulus"].cat.categories.tolist() == ["other", "glomerulus"]
+    assert np.flatnonzero(obs["glomerulus"] == "glomerulus").tolist() == marked
+    p = obs["glomerulus_proba"].to_numpy()
+    assert p.dtype == np.float32 and ((p >= 0) & (p <= 1)).all()
+    assert p[marked].min() > 0.9 and np.delete(p, marked).max() < 0.1
+    assert visium.obsm["X_glomerulus"].shape == (visium.n_obs, 3)
+    assert obs["glomerulus_in_image"].between(0, 1).all()
+    params = visium.uns["glomerulus"]["params"]
+    for k in ("model", "model_sha256", "patch_um", "threshold", "device", "input_size", "libraries"):
+        assert k in params
+    assert params["patch_um"] == 60.0 and params["libraries"]["lib"]["mpp"] == pytest.approx(0.5)
+    assert len(params["model_sha256"]) == 64
+    assert visium.uns["glomerulus_colors"] == ["#d9d9d9", "#d62728"]
+
+
+def test_copy_true_leaves_input_untouched(visium):
+    snap = _snapshot(visium)
+    out = kgl.tl.classify_spots(visium, tiny_cnn(), copy=True, show_progress=False, key_added="g")
+    _assert_unchanged(visium, snap)
+    assert "g" in out.obs and "X_g" in out.obsm and out.obsm["X_g"].shape == (visium.n_obs, 8)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "match"),
+    [
+        ({"patch_um": -5}, ValueError, "patch_um"),
+        ({"batch_size": 0}, ValueError, "batch_size"),
+        ({"library_id": "nope"}, KeyError, "Available"),
+        ({"device": "cuda:7"}, ValueError, "CUDA"),
+        ({"threshold": 2.0}, ValueError, "threshold"),
+        ({"img_key": "lowres"}, KeyError, "Available"),
+    ],
+)
+def test_bad_arguments_leave_adata_untouched(visium, kwargs, exc, match):
+    snap = _snapshot(visium)
+    with pytest.raises(exc, match=match):
+        kgl.tl.classify_spots(visium, tiny_cnn(), show_progress=False, **kwargs)
+    _assert_unchanged(visium, snap)
+
+
+def test_failure_midway_writes_nothing(visium):
+    model = tiny_cnn()
+    calls = {"n": 0}
+
+    def boom(module, inp):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("simulated failure in batch 2")
+
+    model.backbone.register_forward_pre_hook(boom)
+    snap = _snapshot(visium)
+    with pytest.raises(RuntimeError, match="batch 2"):
+        kgl.tl.classify_spots(visium, model, batch_size=8, show_progress=False)
+    _assert_unchanged(visium, snap)
+
+
+def test_overwrite_warns(visium, caplog):
+    kgl.tl.classify_spots(visium, tiny_cnn(), show_progress=False)
+    kgl.tl.classify_spots(visium, tiny_cnn(), show_progress=False)
+    assert "adata.obs['glomerulus'] already exists and is overwritten" in caplog.text
+
+
+def test_deterministic(visium):
+    a = kgl.tl.classify_spots(visium, tiny_cnn(), copy=True, show_progress=False)
+    b = kgl.tl.classify_spots(visium, tiny_cnn(), copy=True, show_progress=False, batch_size=5)
+    np.testing.assert_array_equal(a.obs["glomerulus_proba"], b.obs["glomerulus_proba"])
+    np.testing.assert_array_equal(a.obs["glomerulus"], b.obs["glomerulus"])
+    np.testing.assert_allclose(a.obsm["X_glomerulus"], b.obsm["X_glomerulus"], rtol=1e-6, atol=1e-6)
+
+
+def test_dataloader_workers_match(visium):
+    a = kgl.tl.classify_spots(visium, tiny_cnn(), copy=True, show_progress=False, precision="fp32")
+    b = kgl.tl.classify_spots(visium, tiny_cnn(), copy=True, show_progress=False, precision="fp32", num_workers=2)
+    np.testing.assert_array_equal(a.obs["glomerulus_proba"], b.obs["glomerulus_proba"])
+
+
+def _two_samples():
+    a, b = make_visium(library_id="A", seed=1), make_visium(library_id="B", seed=2, width=900)
+    plant_markers(a, [1])
+    plant_markers(b, [4, 5])
+    return ad.concat({"A": a, "B": b}, label="library_id", uns_merge="unique", index_unique=None)
+
+
+def test_multi_sample():
+    adata = _two_samples()
+    assert sorted(adata.uns["spatial"]) == ["A", "B"]
+    kgl.tl.classify_spots(adata, center_red_model(), show_progress=False)
+    lib = adata.obs["library_id"].astype(str).to_numpy()
+    calls = adata.obs["glomerulus"] == "glomerulus"
+    assert np.flatnonzero(calls[lib == "A"]).tolist() == [1]
+    assert np.flatnonzero(calls[lib == "B"]).tolist() == [4, 5]
+    assert adata.uns["glomerulus"]["params"]["library_id"] == ["A", "B"]
+    # only one library: the other gets missing values
+    only = kgl.tl.classify_spots(adata, center_red_model(), library_id="B", copy=True, show_progress=False)
+    assert only.obs.loc[lib == "A", "glomerulus"].isna().all()
+    assert np.isnan(only.obs.loc[lib == "A", "glomerulus_proba"]).all()
+    assert only.obs.loc[lib == "B", "glomerulus"].notna().all()
+
+
+def test_multi_sample_needs_library_key():
+    adata = _two_samples()
+    del adata.obs["library_id"]
+    with pytest.raises(KeyError, match="library_key"):
+        kgl.tl.classify_spots(adata, tiny_cnn(), show_progress=False)
+
+
+def test_spatialdata_gives_identical_results(visium):
+    from spatialdata_io.experimental import from_legacy_anndata
+
+    plant_markers(visium, [3, 9])
+    sdata = from_legacy_anndata(visium.copy())
+    kgl.tl.classify_spots(visium, center_red_model(), show_progress=False)
+    out = kgl.tl.classify_spots(sdata, center_red_model(), show_progress=False, copy=True)
+    table = out.tables["table"]
+    assert "glomerulus" not in sdata.tables["table"].obs  # copy=True left the input alone
+    np.testing.assert_array_equal(table.obs["glomerulus_proba"].to_numpy(), visium.obs["glomerulus_proba"].to_numpy())
+    np.testing.assert_array_equal(table.obsm["X_glomerulus"], visium.obsm["X_glomerulus"])
+    assert (table.obs["glomerulus"].astype(str).to_numpy() == visium.obs["glomerulus"].astype(str).to_numpy()).all()
+    kgl.tl.classify_spots(sdata, tiny_cnn(), show_progress=False)
+    assert "X_glomerulus" in sdata.tables["table"].obsm
+
+
+def test_cpu_runs_the_gpu_code_path(visium):
+    """The CUDA path differs only in device/pinning/autocast dtype: exercise autocast on CPU explicitly."""
+    from kgl.tl._device import autocast_dtype, resolve_device
+
+    dev = resolve_device("auto")
+    assert dev.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert autocast_dtype(torch.device("cpu"), "fp32") is None
+    assert autocast_dtype(torch.device("cpu"), "bf16") == torch.bfloat16
+    out = kgl.tl.classify_spots(visium, tiny_cnn(), copy=True, show_progress=False, precision="bf16", device="cpu")
+    ref = kgl.tl.classify_spots(visium, tiny_cnn(), copy=True, show_progress=False, precision="fp32", device="cpu")
+    np.testing.assert_allclose(out.obs["glomerulus_proba"], ref.obs["glomerulus_proba"], atol=0.02)
+
+
+def test_imagenet_backbone_untrained_head(visium, mobilenet_weights, caplog):
+    kgl.tl.classify_spots(visium, "mobilenet_v2:IMAGENET1K_V1", show_progress=False, batch_size=16)
+    assert "untrained glomerulus head" in caplog.text
+    assert visium.obsm["X_glomerulus"].shape == (visium.n_obs, 1280)
+    assert np.allclose(visium.obs["glomerulus_proba"], 0.5)
+    assert visium.uns["glomerulus"]["params"]["head_trained"] is False
