@@ -13,7 +13,14 @@ import numpy as np
 from kgl._logging import logger
 
 SPOT_DIAMETER_UM = 55.0
+"""Physical diameter of a Visium capture spot (the area whose transcripts a spot holds)."""
 SPOT_PITCH_UM = 100.0
+"""Centre-to-centre distance of neighbouring Visium spots."""
+SPOT_DIAMETER_FULLRES_UM = 65.0
+"""What ``scalefactors["spot_diameter_fullres"]`` measures: Space Ranger documents it as the pixels
+spanning "a theoretical 65 µm spot" (not the 55 µm capture area). Checked on V1_Mouse_Kidney:
+with 65 µm, neighbouring spots are 100.3 µm apart (x = 50.00 µm per array column); with 55 µm
+they would be 84.8 µm apart."""
 
 
 def _spatial_uns(adata: Any, spatial_key: str = "spatial") -> dict:
@@ -43,7 +50,9 @@ def resolve_library_ids(
     return wanted
 
 
-def library_mask(adata: Any, library_id: str, library_ids: Sequence[str], library_key: str = "library_id") -> np.ndarray:
+def library_mask(
+    adata: Any, library_id: str, library_ids: Sequence[str], library_key: str = "library_id"
+) -> np.ndarray:
     """Boolean mask of the spots that belong to ``library_id``.
 
     With a single library every spot belongs to it; with several, ``adata.obs[library_key]`` says
@@ -72,14 +81,15 @@ def scalefactors(adata: Any, library_id: str, spatial_key: str = "spatial") -> d
     if d is None or not np.isfinite(float(d)) or float(d) <= 0:
         raise ValueError(
             f"scalefactors['spot_diameter_fullres'] of library {library_id!r} is {d!r}; it must be a positive "
-            "number (the 55-µm spot diameter in full-resolution pixels, from scalefactors_json.json)."
+            "number (Space Ranger's theoretical 65-µm spot diameter in full-resolution pixels, from "
+            "scalefactors_json.json)."
         )
     return {k: float(v) for k, v in sf.items() if np.isscalar(v)}
 
 
 def mpp_from_scalefactors(sf: dict[str, float]) -> float:
-    """µm per full-resolution pixel implied by the 55-µm Visium spot."""
-    return SPOT_DIAMETER_UM / float(sf["spot_diameter_fullres"])
+    """µm per full-resolution pixel implied by ``spot_diameter_fullres`` (the theoretical 65-µm spot)."""
+    return SPOT_DIAMETER_FULLRES_UM / float(sf["spot_diameter_fullres"])
 
 
 def check_mpp_agreement(mpp_spot: float, mpp_meta: float | None, *, source: str, tol: float = 0.10) -> bool:

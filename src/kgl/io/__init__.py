@@ -1,6 +1,15 @@
 """Reading: Visium / SpatialData / whole-slide images / annotations."""
 
+from kgl.io._annotations import mask_to_polygons, read_coco, read_geojson, read_mask
 from kgl.io._image import SlideImage, write_tiff_pyramid
 from kgl.io._visium import read_visium
 
-__all__ = ["SlideImage", "read_visium", "write_tiff_pyramid"]
+__all__ = [
+    "SlideImage",
+    "mask_to_polygons",
+    "read_coco",
+    "read_geojson",
+    "read_mask",
+    "read_visium",
+    "write_tiff_pyramid",
+]
