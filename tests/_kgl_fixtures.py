@@ -8,7 +8,6 @@ from pathlib import Path
 import anndata as ad
 import numpy as np
 import pandas as pd
-import pytest
 
 from kgl._utils import SPOT_DIAMETER_FULLRES_UM
 
@@ -72,12 +71,14 @@ def make_visium(
     adata.uns["spatial"] = {
         library_id: {
             "images": {"hires": img},
-            "scalefactors": {"tissue_hires_scalef": hires_scalef, "spot_diameter_fullres": SPOT_DIAMETER_FULLRES_UM / mpp},
+            "scalefactors": {
+                "tissue_hires_scalef": hires_scalef,
+                "spot_diameter_fullres": SPOT_DIAMETER_FULLRES_UM / mpp,
+            },
             "metadata": {},
         }
     }
     return adata
-
 
 
 def center_red_model(window: float = 0.25):

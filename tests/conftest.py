@@ -6,6 +6,7 @@ from pathlib import Path
 
 import anndata as ad
 import pytest
+
 from _kgl_fixtures import has_mobilenet_weights, make_visium
 
 

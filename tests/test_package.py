@@ -2,13 +2,16 @@ import subprocess
 import sys
 
 import anndata as ad
-from _kgl_fixtures import make_visium, plant_markers
 
+from _kgl_fixtures import make_visium, plant_markers
 from kgl._cli import main
 
 
 def test_import_kgl_does_not_import_torch():
-    code = "import sys, kgl; kgl.io; kgl.im; kgl.tl; kgl.pl; kgl.datasets; assert 'torch' not in sys.modules, 'torch imported'"
+    code = (
+        "import sys, kgl; kgl.io; kgl.im; kgl.tl; kgl.pl; kgl.datasets; "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -21,7 +24,9 @@ def test_cli_classify_h5ad(tmp_path, capsys):
 
     ckpt = save_checkpoint(build_model("mobilenet_v2", weights=None, input_size=64), tmp_path / "m.pt")
     out = tmp_path / "out.h5ad"
-    rc = main(["classify", str(inp), "--out", str(out), "--model", str(ckpt), "--quiet", "--plot", str(tmp_path / "p.png")])
+    rc = main(
+        ["classify", str(inp), "--out", str(out), "--model", str(ckpt), "--quiet", "--plot", str(tmp_path / "p.png")]
+    )
     assert rc == 0
     res = ad.read_h5ad(out)
     assert res.obs["glomerulus"].notna().all() and res.obsm["X_glomerulus"].shape == (adata.n_obs, 1280)

@@ -33,7 +33,9 @@ def _add_model_args(p: argparse.ArgumentParser, default_model: str | None) -> No
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kgl", description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="kgl", description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -44,7 +46,9 @@ def _parser() -> argparse.ArgumentParser:
         "annotated data (obs[KEY], obs[KEY_proba], obs[KEY_in_image], obsm[X_KEY], uns[KEY]).",
     )
     c.add_argument("input", help="Space Ranger output folder (with spatial/), an .h5ad file or a SpatialData .zarr")
-    c.add_argument("--out", required=True, help="output .h5ad (or .zarr for SpatialData input); never overwrites the input")
+    c.add_argument(
+        "--out", required=True, help="output .h5ad (or .zarr for SpatialData input); never overwrites the input"
+    )
     c.add_argument("--fullres-image", default=None, help="full-resolution tissue image (TIFF) for a Visium folder")
     c.add_argument("--library-id", default=None, help="sample to classify (default: all)")
     c.add_argument("--img-key", default=None, help="fullres, hires or lowres (default: highest resolution available)")
@@ -170,10 +174,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     f1 = 2 * prec * rec / (prec + rec) if tp else 0.0
     print(f"spot-level vs ground truth: precision {prec:.3f}, recall {rec:.3f}, F1 {f1:.3f}")
     if not adata.uns[args.key_added]["params"]["head_trained"]:
-        print("note: the model's glomerulus head is untrained (ImageNet backbone only): these calls are not meaningful.")
+        print(
+            "note: the model's glomerulus head is untrained (ImageNet backbone only): these calls are not meaningful."
+        )
     png = out / "spatial_glom.png"
-    kgl.pl.spatial_glom(adata, key=args.key_added, color=[args.key_added, f"{args.key_added}_proba", "glomerulus_coverage"],
-                        save=png)
+    kgl.pl.spatial_glom(
+        adata, key=args.key_added, color=[args.key_added, f"{args.key_added}_proba", "glomerulus_coverage"], save=png
+    )
     h5 = out / "pas_tiles_visium.h5ad"
     _write(adata, h5)
     print(f"plot: {png}\nannotated data: {h5}")

@@ -30,10 +30,13 @@ class _Settings:
     datadir
         Explicit location of the development data (``$KGL_DATA_DIR``); ``None`` searches for a
         ``shared/data`` folder next to the working directory or the source checkout.
+
     """
 
     cachedir: Path = field(default_factory=_default_cachedir)
-    datadir: Path | None = field(default_factory=lambda: Path(os.environ["KGL_DATA_DIR"]) if "KGL_DATA_DIR" in os.environ else None)
+    datadir: Path | None = field(
+        default_factory=lambda: Path(os.environ["KGL_DATA_DIR"]) if "KGL_DATA_DIR" in os.environ else None
+    )
 
     def data_candidates(self) -> list[Path]:
         """Folders searched, in order, for the development data."""

@@ -82,8 +82,10 @@ def spatialdata_view(
     lib = np.empty(table.n_obs, dtype=object)
     for region in regions:
         if region not in sdata.shapes:
-            raise KeyError(f"Table {table_name!r} annotates {region!r}, which is not a shapes element: kgl needs Visium "
-                           f"circles. Shapes: {list(sdata.shapes)}.")
+            raise KeyError(
+                f"Table {table_name!r} annotates {region!r}, which is not a shapes element: kgl needs Visium "
+                f"circles. Shapes: {list(sdata.shapes)}."
+            )
         shapes = sdata.shapes[region]
         if "radius" not in shapes.columns:
             raise ValueError(f"Shapes {region!r} are not circles (no 'radius' column); kgl needs Visium spot circles.")
@@ -103,15 +105,19 @@ def spatialdata_view(
                 f"Shapes {region!r} share no coordinate system with {which}. Images: {list(sdata.images)}; "
                 f"coordinate systems of the shapes: {sorted(shape_cs)}."
             )
-        det, name, to_img = max(candidates, key=lambda c: c[0])  # highest resolution
+        _, name, to_img = max(candidates, key=lambda c: c[0])  # highest resolution
         lin = to_img[:2, :2]
         if not np.allclose(lin, np.diag(np.diag(lin))) or not np.isclose(lin[0, 0], lin[1, 1]):
-            raise NotImplementedError(f"Shapes {region!r} map to image {name!r} by a rotation/shear; kgl supports scale + translation.")
+            raise NotImplementedError(
+                f"Shapes {region!r} map to image {name!r} by a rotation/shear; kgl supports scale + translation."
+            )
         rows = np.flatnonzero(table.obs[region_key].astype(str).to_numpy() == region)
         inst = table.obs[instance_key].to_numpy()[rows]
         missing = pd.Index(inst).difference(shapes.index)
         if len(missing):
-            raise KeyError(f"{len(missing)} table rows point at instances missing from shapes {region!r} (e.g. {missing[0]!r}).")
+            raise KeyError(
+                f"{len(missing)} table rows point at instances missing from shapes {region!r} (e.g. {missing[0]!r})."
+            )
         geo = shapes.loc[inst]
         xy = np.c_[geo.geometry.x.to_numpy(), geo.geometry.y.to_numpy(), np.ones(len(geo))] @ to_img.T
         coords[rows] = xy[:, :2]
@@ -129,10 +135,15 @@ def spatialdata_view(
     return view, table_name
 
 
-def run_on_spatialdata(func: Callable, sdata: Any, *, table_name: str | None, copy: bool, keys: str, **kwargs: Any) -> Any:
+def run_on_spatialdata(
+    func: Callable, sdata: Any, *, table_name: str | None, copy: bool, keys: str, **kwargs: Any
+) -> Any:
     """Run an AnnData function on a SpatialData's spots and copy its outputs into the table."""
     view, table_name = spatialdata_view(
-        sdata, table_name=table_name, img_key=kwargs.pop("img_key", None), library_key=kwargs.get("library_key", "library_id")
+        sdata,
+        table_name=table_name,
+        img_key=kwargs.pop("img_key", None),
+        library_key=kwargs.get("library_key", "library_id"),
     )
     before_obs, before_obsm, before_uns = set(view.obs), set(view.obsm), set(view.uns)
     func(view, copy=False, **kwargs)
@@ -145,8 +156,13 @@ def run_on_spatialdata(func: Callable, sdata: Any, *, table_name: str | None, co
 
     for k in view.obs:
         if k not in before_obs or k.startswith(keys):
-            write_obs_key(table, k, view.obs[k].to_numpy() if not isinstance(view.obs[k].dtype, pd.CategoricalDtype)
-                          else view.obs[k].values)
+            write_obs_key(
+                table,
+                k,
+                view.obs[k].to_numpy()
+                if not isinstance(view.obs[k].dtype, pd.CategoricalDtype)
+                else view.obs[k].values,
+            )
     for k in set(view.obsm) - before_obsm:
         table.obsm[k] = view.obsm[k]
     for k in set(view.uns) - before_uns:

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
-from _kgl_fixtures import make_visium, plant_markers
 
 import kgl
+from _kgl_fixtures import make_visium, plant_markers
 from kgl.io import write_tiff_pyramid
 
 
@@ -16,7 +16,7 @@ def _red_centre(patches: np.ndarray) -> np.ndarray:
 def test_markers_land_in_patch_centres(visium):
     marked = [3, 17, 29]
     plant_markers(visium, marked, radius_um=10)
-    idx, patches, inside = zip(*kgl.im.spot_patches(visium, patch_um=60, size=32, batch_size=16), strict=True)
+    idx, patches, _ = zip(*kgl.im.spot_patches(visium, patch_um=60, size=32, batch_size=16), strict=True)
     idx, patches = np.concatenate(idx), np.concatenate(patches)
     assert patches.shape[1:] == (32, 32, 3) and patches.dtype == np.uint8
     np.testing.assert_array_equal(idx, np.arange(visium.n_obs))

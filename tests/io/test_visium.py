@@ -35,7 +35,9 @@ def test_real_mouse_kidney_folder(mouse_kidney, caplog):
     assert (adata.obs["in_tissue"] == 1).all()
     # obsm["spatial"] is (x, y) = (pxl_col, pxl_row), as squidpy and scanpy store it
     pos = pd.read_csv(mouse_kidney / "spatial" / "tissue_positions.csv", index_col=0)
-    np.testing.assert_array_equal(adata.obsm["spatial"][0], pos.loc[adata.obs_names[0], ["pxl_col_in_fullres", "pxl_row_in_fullres"]])
+    np.testing.assert_array_equal(
+        adata.obsm["spatial"][0], pos.loc[adata.obs_names[0], ["pxl_col_in_fullres", "pxl_row_in_fullres"]]
+    )
     everything = read_visium(mouse_kidney, in_tissue_only=False)
     assert everything.n_obs == 4992
 

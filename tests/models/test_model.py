@@ -4,10 +4,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _kgl_fixtures import tiny_cnn
 from torch import nn
 
 import kgl
+from _kgl_fixtures import tiny_cnn
 from kgl.models import build_model, load_checkpoint, resolve_model, save_checkpoint, state_dict_sha256
 
 

@@ -3,10 +3,10 @@ import matplotlib
 matplotlib.use("Agg")
 import numpy as np
 import pytest
-from _kgl_fixtures import center_red_model, plant_markers
 from PIL import Image
 
 import kgl
+from _kgl_fixtures import center_red_model, plant_markers
 
 
 def test_spatial_glom_writes_png(visium, tmp_path):

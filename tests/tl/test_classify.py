@@ -3,9 +3,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from _kgl_fixtures import center_red_model, make_visium, plant_markers, tiny_cnn
 
 import kgl
+from _kgl_fixtures import center_red_model, make_visium, plant_markers, tiny_cnn
 
 
 def _snapshot(adata):

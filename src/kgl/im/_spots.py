@@ -37,10 +37,13 @@ def spot_image(
         ``"fullres"`` (the file in ``uns["spatial"][library_id]["metadata"]["source_image_path"]``), or a
         key of ``uns["spatial"][library_id]["images"]`` (``"hires"``, ``"lowres"``) with a matching
         ``tissue_<img_key>_scalef``. Default: the highest resolution available.
+    spatial_key
+        Key of the Visium metadata in ``adata.uns``.
 
     Returns
     -------
     The image and the ``img_key`` used.
+
     """
     libs = resolve_library_ids(adata, library_id, spatial_key=spatial_key)
     if library_id is None and len(libs) > 1:
@@ -59,7 +62,9 @@ def spot_image(
         img_key = "fullres" if source else ("hires" if "hires" in images else next(iter(images)))
     if img_key == "fullres":
         if not source:
-            raise KeyError(f"Library {lib!r} has no full-resolution image (metadata.source_image_path). Available: {available}.")
+            raise KeyError(
+                f"Library {lib!r} has no full-resolution image (metadata.source_image_path). Available: {available}."
+            )
         path = Path(source)
         if not path.exists():
             raise FileNotFoundError(
@@ -102,6 +107,7 @@ class SpotSet:
         Which image.
     mpp
         µm per full-resolution pixel (from ``spot_diameter_fullres``).
+
     """
 
     library_id: str
@@ -231,11 +237,14 @@ def spot_patches(
     ------
     ``(obs_index, patches, inside)``: integer positions into ``adata.obs``, ``uint8`` array
     ``(B, size, size, 3)`` and the fraction of each patch inside the image ``(B,)``.
+
     """
     if int(batch_size) != batch_size or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
     _check_patch_args(patch_um, size)
-    for spots in spot_sets(adata, library_id=library_id, img_key=img_key, spatial_key=spatial_key, library_key=library_key):
+    for spots in spot_sets(
+        adata, library_id=library_id, img_key=img_key, spatial_key=spatial_key, library_key=library_key
+    ):
         ds = SpotPatchDataset(spots, patch_um=patch_um, size=size)
         for start in range(0, len(ds), batch_size):
             items = [ds[i] for i in range(start, min(start + batch_size, len(ds)))]

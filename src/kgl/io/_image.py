@@ -126,6 +126,7 @@ class SlideImage:
         from the channel count when omitted.
     name
         Used in messages.
+
     """
 
     def __init__(
@@ -173,6 +174,7 @@ class SlideImage:
         downsample
             Full-resolution spot-frame pixels per pixel of this file's level 0 (1 for the
             Space Ranger full-resolution image).
+
         """
         path = Path(path)
         if not path.is_file():
@@ -236,6 +238,7 @@ class SlideImage:
         -------
         ``uint8`` RGB patch ``(out_size, out_size, 3)`` and the fraction of the square that lies
         inside the image.
+
         """
         if level is None:
             level = self.select_level(size / out_size)
@@ -339,8 +342,9 @@ class _LazyTiff(SlideImage):
         self._arrays: dict[int, Any] = {}
         h0 = shapes[0][0]
         levels = [(_ShapeOnly(s, self, i), downsample * h0 / s[0]) for i, s in enumerate(shapes)]
-        super().__init__(levels, mpp=mpp if mpp is not None else _scaled(meta_mpp, downsample), mode=mode,
-                         name=path.name, path=path)
+        super().__init__(
+            levels, mpp=mpp if mpp is not None else _scaled(meta_mpp, downsample), mode=mode, name=path.name, path=path
+        )
         self.metadata_mpp = meta_mpp
         # sanity: a truncated file fails on first access, not deep inside a DataLoader worker
         self._read_block(len(shapes) - 1, 0, 1, 0, 1)

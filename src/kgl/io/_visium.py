@@ -39,7 +39,9 @@ def _read_positions(spatial: Path) -> pd.DataFrame:
         if f.exists():
             break
     else:
-        raise FileNotFoundError(f"No tissue positions file in {str(spatial)!r}; expected one of {list(_POSITION_FILES)}.")
+        raise FileNotFoundError(
+            f"No tissue positions file in {str(spatial)!r}; expected one of {list(_POSITION_FILES)}."
+        )
     if f.suffix == ".parquet":
         df = pd.read_parquet(f).set_index("barcode")
     else:
@@ -133,6 +135,7 @@ def read_visium(
     AnnData with ``obsm["spatial"]`` (full-resolution ``x, y`` pixels), ``obs`` columns ``in_tissue``,
     ``array_row``, ``array_col``, and ``uns["spatial"][library_id]`` with ``images``,
     ``scalefactors`` and ``metadata``.
+
     """
     import anndata as ad
 

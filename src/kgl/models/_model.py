@@ -95,7 +95,9 @@ def _resolve_weights(backbone: str, weights: str | None) -> Any:
     try:
         return enum[weights]
     except KeyError:
-        raise KeyError(f"Backbone {backbone!r} has no weights {weights!r}. Available: {[w.name for w in enum]}.") from None
+        raise KeyError(
+            f"Backbone {backbone!r} has no weights {weights!r}. Available: {[w.name for w in enum]}."
+        ) from None
 
 
 def build_model(
@@ -135,6 +137,7 @@ def build_model(
     Returns
     -------
     The classifier; its head is untrained (``config["head_trained"] = False``).
+
     """
     import torchvision
 

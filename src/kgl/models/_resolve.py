@@ -27,7 +27,9 @@ def resolve_model(model: Any = None) -> Any:
     if isinstance(model, os.PathLike) or (isinstance(model, str) and (os.sep in model or model.endswith(".pt"))):
         return load_checkpoint(Path(model))
     if not isinstance(model, str):
-        raise TypeError(f"model must be a checkpoint path, a registry name or a torch.nn.Module, got {type(model).__name__}.")
+        raise TypeError(
+            f"model must be a checkpoint path, a registry name or a torch.nn.Module, got {type(model).__name__}."
+        )
     if model in REGISTRY:
         return load_checkpoint(fetch_model(model))
     backbone, _, weights = model.partition(":")
@@ -51,21 +53,24 @@ def _wrap_module(module: Any) -> Any:
     """Use a plain classifier module: its last Linear layer becomes the head, its input the embedding."""
     import copy
 
-    from kgl.models._model import CLASS_NAMES, GlomClassifier, _strip_last_linear
-
     from torch import nn
+
+    from kgl.models._model import CLASS_NAMES, GlomClassifier, _strip_last_linear
 
     module = copy.deepcopy(module)
     last = [m for m in module.modules() if isinstance(m, nn.Linear)]
     if not last:
-        raise ValueError(f"{type(module).__name__} has no nn.Linear output layer; wrap it as kgl.models.GlomClassifier.")
+        raise ValueError(
+            f"{type(module).__name__} has no nn.Linear output layer; wrap it as kgl.models.GlomClassifier."
+        )
     head = last[-1]
     config = dict(getattr(module, "kgl_config", {}))
     n_classes = head.out_features
     class_names = config.get("class_names", list(CLASS_NAMES))
     if n_classes != len(class_names):
         raise ValueError(
-            f"The module's output layer has {n_classes} outputs but kgl expects {len(class_names)} classes {class_names}."
+            f"The module's output layer has {n_classes} outputs but kgl expects "
+            f"{len(class_names)} classes {class_names}."
         )
     num_features = _strip_last_linear(module)
     cfg = {

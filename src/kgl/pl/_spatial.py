@@ -77,6 +77,7 @@ def spatial_glom(
     Returns
     -------
     The matplotlib axes (a list when there are several panels).
+
     """
     from kgl._spatialdata import is_spatialdata
 
@@ -94,7 +95,9 @@ def spatial_glom(
     colors = [color] if isinstance(color, str) else list(color)
     missing = [c for c in colors if c not in adata.obs and c not in adata.var_names]
     if missing:
-        raise KeyError(f"Cannot colour by {missing}: not in adata.obs or var_names. obs columns: {list(adata.obs.columns)}.")
+        raise KeyError(
+            f"Cannot colour by {missing}: not in adata.obs or var_names. obs columns: {list(adata.obs.columns)}."
+        )
     libs = resolve_library_ids(adata, library_id, spatial_key=spatial_key)
     first = _spatial_uns(adata, spatial_key)[libs[0]]
     images = first.get("images") or {}

@@ -24,8 +24,17 @@ def _collate(batch: list[tuple[np.ndarray, float]]) -> tuple[Any, Any]:
     return x, f
 
 
-def _predict(model: Any, dataset: Any, *, batch_size: int, num_workers: int, device: Any, amp: Any, show_progress: bool,
-             desc: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _predict(
+    model: Any,
+    dataset: Any,
+    *,
+    batch_size: int,
+    num_workers: int,
+    device: Any,
+    amp: Any,
+    show_progress: bool,
+    desc: str,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Run the model over a patch dataset; returns probabilities, embeddings and in-image fractions."""
     import torch
     from torch.utils.data import DataLoader
@@ -142,6 +151,7 @@ def classify_spots(
     - ``uns[key_added]["params"]``: model name and sha256, patch_um, µm/px, threshold, device, ...
 
     Everything is computed before anything is written: on error ``adata`` is unchanged.
+
     """
     from kgl._spatialdata import is_spatialdata
 
@@ -202,8 +212,16 @@ def classify_spots(
     per_lib: dict[str, dict[str, Any]] = {}
     for spots in sets:
         ds = SpotPatchDataset(spots, patch_um=patch_um, size=input_size)
-        p, e, f = _predict(net, ds, batch_size=batch_size, num_workers=num_workers, device=dev, amp=amp,
-                           show_progress=show_progress, desc=f"classify {spots.library_id}")
+        p, e, f = _predict(
+            net,
+            ds,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            device=dev,
+            amp=amp,
+            show_progress=show_progress,
+            desc=f"classify {spots.library_id}",
+        )
         if emb is None:
             emb = np.full((n, e.shape[1]), np.nan, dtype=np.float32)
         proba[spots.index], emb[spots.index], inside[spots.index] = p, e, f
@@ -216,12 +234,16 @@ def classify_spots(
             "n_partly_outside": int((f < 1.0).sum()),
         }
         if (f < 1.0).any():
-            logger.info("%d spots of %r have patches partly outside the image (padded; see obs[%r]).",
-                        int((f < 1.0).sum()), spots.library_id, f"{key_added}_in_image")
+            logger.info(
+                "%d spots of %r have patches partly outside the image (padded; see obs[%r]).",
+                int((f < 1.0).sum()),
+                spots.library_id,
+                f"{key_added}_in_image",
+            )
 
     classes = list(cfg["class_names"])
     positive = cfg.get("positive_class", classes[-1])
-    negative = [c for c in classes if c != positive][0]
+    negative = next(c for c in classes if c != positive)
     done = ~np.isnan(proba)
     labels = np.where(proba > threshold, positive, negative).astype(object)
     labels[~done] = np.nan

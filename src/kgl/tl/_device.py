@@ -22,7 +22,9 @@ def resolve_device(device: Any = "auto") -> Any:
             raise ValueError(f"Unknown device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'.") from e
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device={device!r} but CUDA is not available on this machine; use device='auto' or 'cpu'.")
+            raise ValueError(
+                f"device={device!r} but CUDA is not available on this machine; use device='auto' or 'cpu'."
+            )
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ValueError(f"device={device!r} but only {torch.cuda.device_count()} CUDA device(s) exist.")
     elif dev.type == "mps" and not torch.backends.mps.is_available():
