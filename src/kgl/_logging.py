@@ -9,7 +9,8 @@ if not logger.handlers:
     _handler = logging.StreamHandler()
     _handler.setFormatter(logging.Formatter("%(levelname)s [kgl] %(message)s"))
     logger.addHandler(_handler)
-    logger.setLevel(logging.INFO)
+    if logger.level == logging.NOTSET:  # respect a level the user set before importing kgl
+        logger.setLevel(logging.INFO)
     logger.propagate = False
 
 __all__ = ["logger"]

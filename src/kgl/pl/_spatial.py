@@ -118,7 +118,6 @@ def spatial_glom(
         "dpi": dpi,
         "ax": ax,
         "legend_na": False,
-        "wspace": 0.4,
         "alpha": 0.85,
     }
     if len(_spatial_uns(adata, spatial_key)) > 1:
