@@ -6,6 +6,6 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 . .venv/bin/activate
-python -m pip install -q --upgrade pip
-python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
-python -m pip install -q -e ".[test]"
+python -m pip install -qq --upgrade pip
+python -m pip install -qq "torch==2.14.1" "torchvision==0.29.1"
+python -m pip install -qq -e ".[test]"
