@@ -95,3 +95,30 @@ def test_bad_arguments(visium):
     del visium.uns["spatial"]
     with pytest.raises(KeyError, match="uns\\['spatial'\\]"):
         next(kgl.im.spot_patches(visium))
+
+
+@pytest.mark.parametrize("mode", ["rgba", "grey", "uint16", "float"])
+def test_image_modes_are_handled_explicitly(visium, mode):
+    marked = [6, 19]
+    plant_markers(visium, marked, radius_um=10)
+    lib = visium.uns["spatial"]["lib"]
+    rgb = lib["images"]["hires"]
+    if mode == "rgba":
+        img = np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])
+        img[:100, :100, 3] = 0  # transparent corner reads as white
+    elif mode == "grey":
+        img = rgb[..., 1].copy()  # the red marker is dark in the green channel
+    elif mode == "uint16":
+        img = rgb.astype(np.uint16) * 257
+    else:
+        img = rgb.astype(np.float32) / 255.0
+    lib["images"]["hires"] = img
+    patches = np.concatenate([p for _, p, _ in kgl.im.spot_patches(visium, patch_um=60, size=16)])
+    assert patches.dtype == np.uint8 and patches.shape[-1] == 3
+    if mode == "grey":
+        c = patches[:, 7:9, 7:9, 0].mean(axis=(1, 2))
+        assert np.flatnonzero(c < 80).tolist() == marked
+    else:
+        assert np.flatnonzero(_red_centre(patches)).tolist() == marked
+    if mode == "rgba":
+        assert (kgl.im.spot_image(visium)[0].read_region((20, 20), 20, 4)[0] == 255).all()
