@@ -90,8 +90,7 @@ def center_red_model(window: float = 0.25):
     import torch
     from torch import nn
 
-    from kgl.models import GlomClassifier
-    from kgl.models._model import CLASS_NAMES
+    from kgl.models import GlomClassifier, model_config
 
     class CenterPool(nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -99,18 +98,7 @@ def center_red_model(window: float = 0.25):
             dh, dw = max(1, int(h * window / 2)), max(1, int(w * window / 2))
             return x[..., h // 2 - dh : h // 2 + dh, w // 2 - dw : w // 2 + dw].mean(dim=(-2, -1))
 
-    cfg = {
-        "backbone": "center_pool",
-        "weights": None,
-        "class_names": list(CLASS_NAMES),
-        "positive_class": "glomerulus",
-        "patch_um": 60.0,
-        "input_size": 32,
-        "mean": [0.485, 0.456, 0.406],
-        "std": [0.229, 0.224, 0.225],
-        "threshold": 0.5,
-        "head_trained": True,
-    }
+    cfg = model_config("center_pool", patch_um=60.0, input_size=32, head_trained=True)
     model = GlomClassifier(CenterPool(), 3, cfg)
     with torch.no_grad():
         model.head.weight.zero_()
@@ -124,23 +112,11 @@ def tiny_cnn(num_features: int = 8, seed: int = 0):
     import torch
     from torch import nn
 
-    from kgl.models import GlomClassifier
-    from kgl.models._model import CLASS_NAMES
+    from kgl.models import GlomClassifier, model_config
 
     torch.manual_seed(seed)
     backbone = nn.Sequential(nn.Conv2d(3, num_features, 3, stride=4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
-    cfg = {
-        "backbone": "tiny_cnn",
-        "weights": None,
-        "class_names": list(CLASS_NAMES),
-        "positive_class": "glomerulus",
-        "patch_um": 110.0,
-        "input_size": 32,
-        "mean": [0.485, 0.456, 0.406],
-        "std": [0.229, 0.224, 0.225],
-        "threshold": 0.5,
-        "head_trained": True,
-    }
+    cfg = model_config("tiny_cnn", patch_um=110.0, input_size=32, head_trained=True)
     model = GlomClassifier(backbone, num_features, cfg)
     torch.manual_seed(seed + 1)
     nn.init.normal_(model.head.weight, std=0.5)

@@ -135,9 +135,7 @@ def spatialdata_view(
     return view, table_name
 
 
-def run_on_spatialdata(
-    func: Callable, sdata: Any, *, table_name: str | None, copy: bool, keys: str, **kwargs: Any
-) -> Any:
+def run_on_spatialdata(func: Callable, sdata: Any, *, table_name: str | None, copy: bool, **kwargs: Any) -> Any:
     """Run an AnnData function on a SpatialData's spots and copy its outputs into the table."""
     view, table_name = spatialdata_view(
         sdata,
@@ -145,7 +143,8 @@ def run_on_spatialdata(
         img_key=kwargs.pop("img_key", None),
         library_key=kwargs.get("library_key", "library_id"),
     )
-    before_obs, before_obsm, before_uns = set(view.obs), set(view.obsm), set(view.uns)
+    library_key = kwargs.get("library_key", "library_id")
+    before_obsm, before_uns = set(view.obsm), set(view.uns)
     func(view, copy=False, **kwargs)
     if copy:
         import spatialdata
@@ -154,15 +153,8 @@ def run_on_spatialdata(
     table = sdata.tables[table_name]
     from kgl._utils import write_obs_key
 
-    for k in view.obs:
-        if k not in before_obs or k.startswith(keys):
-            write_obs_key(
-                table,
-                k,
-                view.obs[k].to_numpy()
-                if not isinstance(view.obs[k].dtype, pd.CategoricalDtype)
-                else view.obs[k].values,
-            )
+    for k in view.obs.columns.drop(library_key):  # the view starts with library_key only: the rest is output
+        write_obs_key(table, k, view.obs[k].values)
     for k in set(view.obsm) - before_obsm:
         table.obsm[k] = view.obsm[k]
     for k in set(view.uns) - before_uns:

@@ -6,6 +6,7 @@ from kgl.models._model import (
     GlomClassifier,
     build_model,
     load_checkpoint,
+    model_config,
     save_checkpoint,
     state_dict_sha256,
 )
@@ -23,6 +24,7 @@ __all__ = [
     "build_model",
     "fetch_model",
     "load_checkpoint",
+    "model_config",
     "resolve_model",
     "save_checkpoint",
     "state_dict_sha256",

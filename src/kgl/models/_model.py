@@ -20,6 +20,7 @@ __all__ = [
     "GlomClassifier",
     "build_model",
     "load_checkpoint",
+    "model_config",
     "save_checkpoint",
     "state_dict_sha256",
 ]
@@ -76,6 +77,42 @@ class GlomClassifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class logits ``(B, n_classes)``."""
         return self.head(self.forward_features(x))
+
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+
+def model_config(
+    backbone: str,
+    *,
+    weights: str | None = None,
+    class_names: tuple[str, ...] | list[str] = CLASS_NAMES,
+    patch_um: float = 110.0,
+    input_size: int = 224,
+    mean: list[float] | None = None,
+    std: list[float] | None = None,
+    threshold: float = 0.5,
+    head_trained: bool = False,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The JSON-able config every :class:`GlomClassifier` carries (and its checkpoint stores).
+
+    The positive class is the last of ``class_names``; ``mean``/``std`` default to ImageNet's.
+    """
+    return {
+        "backbone": backbone,
+        "weights": weights,
+        "class_names": list(class_names),
+        "positive_class": list(class_names)[-1],
+        "patch_um": float(patch_um),
+        "input_size": int(input_size),
+        "mean": list(IMAGENET_MEAN if mean is None else mean),
+        "std": list(IMAGENET_STD if std is None else std),
+        "threshold": float(threshold),
+        "head_trained": bool(head_trained),
+        **extra,
+    }
 
 
 def _resolve_weights(backbone: str, weights: str | None) -> Any:
@@ -157,24 +194,20 @@ def build_model(
                 "are available (e.g. model='mobilenet_v2' with IMAGENET1K_V1)."
             ) from e
         num_features = _strip_last_linear(net)
+        norm: dict[str, Any] = {}
+        crop = 224
         if w is not None:
             t = w.transforms()
-            mean, std, crop = list(t.mean), list(t.std), int(t.crop_size[0])
-        else:
-            mean, std, crop = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225], 224
-        cfg = {
-            "backbone": backbone,
-            "weights": None if w is None else w.name,
-            "class_names": list(class_names),
-            "positive_class": class_names[-1],
-            "patch_um": float(patch_um),
-            "input_size": int(input_size or crop),
-            "mean": mean,
-            "std": std,
-            "threshold": float(threshold),
-            "head_trained": False,
-            **config,
-        }
+            norm, crop = {"mean": list(t.mean), "std": list(t.std)}, int(t.crop_size[0])
+        cfg = model_config(
+            backbone,
+            weights=None if w is None else w.name,
+            class_names=class_names,
+            patch_um=patch_um,
+            input_size=input_size or crop,
+            threshold=threshold,
+            **{**norm, **config},
+        )
         model = GlomClassifier(net, num_features, cfg)
     finally:
         torch.random.set_rng_state(gen_state)

@@ -55,7 +55,7 @@ def _wrap_module(module: Any) -> Any:
 
     from torch import nn
 
-    from kgl.models._model import CLASS_NAMES, GlomClassifier, _strip_last_linear
+    from kgl.models._model import CLASS_NAMES, GlomClassifier, _strip_last_linear, model_config
 
     module = copy.deepcopy(module)
     last = [m for m in module.modules() if isinstance(m, nn.Linear)]
@@ -73,19 +73,8 @@ def _wrap_module(module: Any) -> Any:
             f"{len(class_names)} classes {class_names}."
         )
     num_features = _strip_last_linear(module)
-    cfg = {
-        "backbone": type(module).__name__,
-        "weights": None,
-        "class_names": list(class_names),
-        "positive_class": class_names[-1],
-        "patch_um": 110.0,
-        "input_size": 224,
-        "mean": [0.485, 0.456, 0.406],
-        "std": [0.229, 0.224, 0.225],
-        "threshold": 0.5,
-        "head_trained": True,
-        **config,
-    }
-    out = GlomClassifier(module, num_features, cfg)
+    config.setdefault("head_trained", True)
+    config["class_names"] = class_names
+    out = GlomClassifier(module, num_features, model_config(type(module).__name__, **config))
     out.head = head
     return out

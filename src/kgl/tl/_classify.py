@@ -163,7 +163,6 @@ def classify_spots(
             adata,
             table_name=table_name,
             copy=copy,
-            keys=key_added,
             model=model,
             library_id=library_id,
             patch_um=patch_um,
