@@ -41,6 +41,6 @@ def test_registry_bad_checksum_is_refused(served, tmp_path, monkeypatch):
     url, _, _ = served
     monkeypatch.setattr(settings, "cachedir", tmp_path / "cache")
     monkeypatch.setitem(REGISTRY, "bad", ModelEntry("bad", "bad.pt", url, "0" * 64))
-    with pytest.raises(ValueError, match="(?i)hash"):
+    with pytest.raises(ValueError, match=r"(?i)hash"):
         resolve_model("bad")
     assert not (tmp_path / "cache" / "models" / "bad.pt").exists()
