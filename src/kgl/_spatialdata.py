@@ -160,3 +160,33 @@ def run_on_spatialdata(func: Callable, sdata: Any, *, table_name: str | None, co
     for k in set(view.uns) - before_uns:
         table.uns[k] = view.uns[k]
     return sdata if copy else None
+
+
+def plotting_view(
+    sdata: Any, *, table_name: str | None = None, max_px: int = 2000, library_key: str = "library_id"
+) -> Any:
+    """An in-memory squidpy-layout AnnData of the table (obs, obsm, uns) with a ``hires`` image per region.
+
+    The image is the pyramid level of each region's image whose longer side is at most ``max_px``
+    (the coarsest level otherwise), so plotting never materialises a full-resolution image.
+    """
+    from kgl.io._image import to_rgb_uint8
+
+    view, table_name = spatialdata_view(sdata, table_name=table_name, library_key=library_key)
+    table = sdata.tables[table_name]
+    for meta in view.uns["spatial"].values():
+        (image,) = meta["images"].values()
+        fitting = [lv for lv in image.levels if max(lv.shape) <= max_px] or [image.levels[-1]]
+        level = fitting[0]
+        meta["images"] = {"hires": to_rgb_uint8(np.asarray(level.array), image.mode)}
+        meta["scalefactors"]["tissue_hires_scalef"] = 1.0 / level.downsample
+    for k in table.obs.columns:
+        if k not in view.obs:
+            view.obs[k] = table.obs[k].values
+    for k, v in table.obsm.items():
+        if k != "spatial":
+            view.obsm[k] = v
+    for k, v in table.uns.items():
+        if k not in ("spatial", "spatialdata_attrs"):
+            view.uns[k] = v
+    return view

@@ -30,3 +30,13 @@ def test_spatial_glom_errors(visium):
         kgl.pl.spatial_glom(visium)
     with pytest.raises(KeyError, match="Cannot colour"):
         kgl.pl.spatial_glom(visium, color="nope")
+
+
+def test_spatial_glom_spatialdata(visium, tmp_path):
+    from spatialdata_io.experimental import from_legacy_anndata
+
+    plant_markers(visium, [4, 12])
+    sdata = from_legacy_anndata(visium)
+    kgl.tl.classify_spots(sdata, center_red_model(), show_progress=False)
+    axes = kgl.pl.spatial_glom(sdata, save=tmp_path / "sd.png")
+    assert len(axes) == 2 and (tmp_path / "sd.png").stat().st_size > 1000

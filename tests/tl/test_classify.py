@@ -219,3 +219,43 @@ def test_pas_tiles_visium_with_imagenet_backbone(shared_data, mobilenet_weights,
 
     p = cross_val_predict(LogisticRegression(max_iter=2000, C=0.1), emb[keep], y, cv=3, method="predict_proba")[:, 1]
     assert roc_auc_score(y, p) > 0.7
+
+
+def _multi_sample_spatialdata(samples):
+    """One shapes element (region) and image per sample, one table annotating all regions (spatialdata-io style)."""
+    import spatialdata as sd
+    from spatialdata.models import TableModel
+    from spatialdata_io.experimental import from_legacy_anndata
+
+    images, shapes, tables = {}, {}, []
+    for lib, adata in samples.items():
+        one = from_legacy_anndata(adata.copy())
+        images.update(one.images)
+        shapes[lib] = one.shapes["locations"]
+        t = one.tables["table"]
+        t.obs["region"] = lib
+        tables.append(t)
+    table = ad.concat(tables, index_unique=None)
+    table.uns.pop("spatialdata_attrs", None)
+    table.obs["region"] = pd.Categorical(table.obs["region"])
+    table = TableModel.parse(table, region=list(samples), region_key="region", instance_key="instance_id")
+    return sd.SpatialData(images=images, shapes=shapes, tables={"table": table})
+
+
+def test_spatialdata_multi_sample_matches_anndata():
+    a, b = make_visium(library_id="A", seed=1), make_visium(library_id="B", seed=2, width=900)
+    plant_markers(a, [1])
+    plant_markers(b, [4, 5])
+    sdata = _multi_sample_spatialdata({"A": a, "B": b})
+    kgl.tl.classify_spots(sdata, center_red_model(), show_progress=False)
+    table = sdata.tables["table"]
+    region = table.obs["region"].astype(str).to_numpy()
+    calls = (table.obs["glomerulus"] == "glomerulus").to_numpy()
+    assert np.flatnonzero(calls[region == "A"]).tolist() == [1]
+    assert np.flatnonzero(calls[region == "B"]).tolist() == [4, 5]
+    adata = _two_samples()
+    kgl.tl.classify_spots(adata, center_red_model(), show_progress=False)
+    np.testing.assert_array_equal(
+        table.obs["glomerulus_proba"].to_numpy(), adata.obs.loc[table.obs_names, "glomerulus_proba"].to_numpy()
+    )
+    assert sorted(table.uns["glomerulus"]["params"]["library_id"]) == ["A", "B"]

@@ -82,9 +82,9 @@ def spatial_glom(
     from kgl._spatialdata import is_spatialdata
 
     if is_spatialdata(adata):
-        from spatialdata_io.experimental import to_legacy_anndata
+        from kgl._spatialdata import plotting_view
 
-        adata = to_legacy_anndata(adata, table_name=table_name, include_images=True)
+        adata = plotting_view(adata, table_name=table_name, library_key=library_key)
     if color is None:
         if key not in adata.obs:
             raise KeyError(
