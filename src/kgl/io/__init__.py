@@ -3,6 +3,7 @@
 from kgl.io._annotations import mask_to_polygons, read_coco, read_geojson, read_mask
 from kgl.io._image import SlideImage, write_tiff_pyramid
 from kgl.io._visium import read_visium
+from kgl.io._wsi import read_wsi
 
 __all__ = [
     "SlideImage",
@@ -11,5 +12,6 @@ __all__ = [
     "read_geojson",
     "read_mask",
     "read_visium",
+    "read_wsi",
     "write_tiff_pyramid",
 ]

@@ -1,5 +1,6 @@
 """Models: torchvision backbones by name, the registry of trained models, checkpoints."""
 
+from kgl.models._card import model_card, write_model_card
 from kgl.models._model import (
     CLASS_NAMES,
     DEFAULT_WEIGHTS,
@@ -24,8 +25,10 @@ __all__ = [
     "build_model",
     "fetch_model",
     "load_checkpoint",
+    "model_card",
     "model_config",
     "resolve_model",
     "save_checkpoint",
     "state_dict_sha256",
+    "write_model_card",
 ]

@@ -21,8 +21,17 @@ class ModelEntry:
     description: str = ""
 
 
-#: Trained models, filled by the training work (none is published yet).
-REGISTRY: dict[str, ModelEntry] = {}
+#: Trained glomerulus models. ``kgl-glom-v1`` is produced by ``kgl train`` (kgl.tl.train_default_model)
+#: into the model cache; it is not hosted yet (``url=None``), so online users train it once too.
+REGISTRY: dict[str, ModelEntry] = {
+    "kgl-glom-v1": ModelEntry(
+        name="kgl-glom-v1",
+        filename="kgl-glom-v1.pt",
+        url=None,
+        sha256=None,
+        description="MobileNet_V2 (ImageNet) fine-tuned on Masson/PASM/PAS glomeruli, 110-µm patches at 112 px",
+    ),
+}
 
 
 def available_models() -> list[str]:
@@ -37,12 +46,18 @@ def model_dir() -> Path:
 
 def fetch_model(name: str) -> Path:
     """Local path of a registered model: the cached file, or a sha256-checked download via pooch."""
+    if name not in REGISTRY:
+        raise KeyError(f"Unknown model {name!r}. Registered: {available_models()}.")
     entry = REGISTRY[name]
     local = model_dir() / entry.filename
     if local.exists() and entry.url is None:
         return local
     if entry.url is None:
-        raise FileNotFoundError(f"Model {name!r} is not cached at {str(local)!r} and has no download URL.")
+        raise FileNotFoundError(
+            f"Model {name!r} is not in the model cache ({str(local)!r}) and not published for download yet. "
+            "Train it on this machine with `kgl train` (kgl.tl.train_default_model; about 20 minutes on a 2-core "
+            "CPU), or pass a checkpoint path / torchvision backbone as model=."
+        )
     import pooch
 
     return Path(

@@ -9,7 +9,7 @@ from typing import Any
 from kgl._logging import logger
 from kgl.models._registry import REGISTRY, fetch_model
 
-DEFAULT_MODEL = "resnet50"
+DEFAULT_MODEL = "kgl-glom-v1"
 
 
 def resolve_model(model: Any = None) -> Any:

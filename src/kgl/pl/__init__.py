@@ -1,5 +1,6 @@
 """Plots."""
 
+from kgl.pl._eval import confusion, reliability, roc_pr, training_curves
 from kgl.pl._spatial import spatial_glom
 
-__all__ = ["spatial_glom"]
+__all__ = ["confusion", "reliability", "roc_pr", "spatial_glom", "training_curves"]

@@ -1,5 +1,26 @@
 """Tools: classify spots (train, evaluate and DE follow)."""
 
 from kgl.tl._classify import classify_spots
+from kgl.tl._evaluate import calibration_table, choose_threshold, evaluate, evaluate_spots
+from kgl.tl._recipe import DEFAULT_RECIPE, evaluate_patches, train_default_model
+from kgl.tl._split import check_no_leakage, split_by_group
+from kgl.tl._train import AUGMENTATIONS, PatchDataset, TrainResult, build_transform, fit_temperature, train
 
-__all__ = ["classify_spots"]
+__all__ = [
+    "AUGMENTATIONS",
+    "DEFAULT_RECIPE",
+    "PatchDataset",
+    "TrainResult",
+    "build_transform",
+    "calibration_table",
+    "check_no_leakage",
+    "choose_threshold",
+    "classify_spots",
+    "evaluate",
+    "evaluate_patches",
+    "evaluate_spots",
+    "fit_temperature",
+    "split_by_group",
+    "train",
+    "train_default_model",
+]

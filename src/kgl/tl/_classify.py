@@ -44,6 +44,7 @@ def _predict(
     mean = torch.tensor(cfg["mean"], device=device).view(1, 3, 1, 1) * 255.0
     std = torch.tensor(cfg["std"], device=device).view(1, 3, 1, 1) * 255.0
     pos = cfg["class_names"].index(cfg.get("positive_class", cfg["class_names"][-1]))
+    temperature = float(cfg.get("temperature", 1.0))  # calibration fitted on validation data (kgl.tl.train)
     loader = DataLoader(
         dataset,
         batch_size=batch_size,
@@ -61,7 +62,7 @@ def _predict(
             x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)
             emb = model.forward_features(x)
             logits = model.head(emb)
-            probas.append(torch.softmax(logits.float(), dim=1)[:, pos].cpu())
+            probas.append(torch.softmax(logits.float() / temperature, dim=1)[:, pos].cpu())
             feats.append(emb.float().cpu())
             inside.append(f)
     return (

@@ -1,0 +1,207 @@
+"""kgl's default training recipe: the model ``classify_spots`` finds by name."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from kgl._logging import logger
+
+__all__ = ["DEFAULT_RECIPE", "evaluate_patches", "train_default_model"]
+
+#: The documented default recipe (2-core CPU, offline): MobileNet_V2 ImageNet weights (the ones
+#: available offline; ``backbone="resnet50", weights="IMAGENET1K_V2"`` is the recipe for GPUs/online),
+#: 110-µm patches at 112 px, stain + colour augmentation, class-balanced sampling, 1 head-only epoch.
+DEFAULT_RECIPE: dict[str, Any] = {
+    "backbone": "mobilenet_v2",
+    "weights": "IMAGENET1K_V1",
+    "patch_um": 110.0,
+    "input_size": 112,
+    "epochs": 6,
+    "batch_size": 48,
+    "lr": 2e-3,
+    "backbone_lr_factor": 0.25,
+    "freeze_epochs": 1,
+    "balance": "sampler",
+    "augment": "hed+color",
+    "scale_jitter": (0.8, 1.25),
+    "patience": 3,
+}
+
+
+def evaluate_patches(
+    model: Any, table: pd.DataFrame, *, batch_size: int = 128, device: Any = "auto", num_workers: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Calibrated glomerulus probabilities of a trained model on a patch table (no augmentation)."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from kgl.tl._device import autocast_dtype, resolve_device
+    from kgl.tl._train import PatchDataset, _collate, _run_eval, _softmax_pos
+
+    dev = resolve_device(device)
+    amp = autocast_dtype(dev, "auto")
+    cfg = model.config
+    ds = PatchDataset(
+        table,
+        size=cfg["input_size"],
+        augment=cfg.get("training", {}).get("recipe", {}).get("augment", "none"),
+        train=False,
+    )
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=_collate)
+    model = model.to(dev, memory_format=torch.channels_last)
+    mean = torch.tensor(cfg["mean"], device=dev).view(1, 3, 1, 1) * 255.0
+    std = torch.tensor(cfg["std"], device=dev).view(1, 3, 1, 1) * 255.0
+    logits, labels = _run_eval(model, loader, device=dev, amp=amp, mean=mean, std=std)
+    model.cpu()
+    return _softmax_pos(logits, float(cfg.get("temperature", 1.0))), labels
+
+
+def _subsample(patches: pd.DataFrame, max_per_split: int, seed: int) -> pd.DataFrame:
+    """At most ``max_per_split`` rows per split, keeping each split's class balance."""
+    rng = np.random.default_rng(seed)
+    keep: list[np.ndarray] = []
+    for idx in patches.groupby("split").indices.values():
+        frac = min(1.0, max_per_split / len(idx))
+        for lab_idx in patches.iloc[idx].groupby("label").indices.values():
+            rows = idx[lab_idx]
+            keep.append(rng.choice(rows, max(1, round(frac * len(rows))), replace=False))
+    return patches.iloc[np.sort(np.concatenate(keep))]
+
+
+def train_default_model(
+    out_dir: str | os.PathLike | None = None,
+    *,
+    name: str = "kgl-glom-v1",
+    install: bool = True,
+    seed: int = 0,
+    device: Any = "auto",
+    num_workers: int = 0,
+    max_patches_per_split: int | None = None,
+    external: bool = True,
+    show_progress: bool = True,
+    **overrides: Any,
+) -> Path:
+    """Train, evaluate and install kgl's glomerulus model with :data:`DEFAULT_RECIPE`.
+
+    1. Slides: :func:`kgl.datasets.multistain_slides` (Masson / PASM / PAS biopsy snapshots, µm/px
+       estimated per image from glomerulus size).
+    2. Patches: :func:`kgl.im.sample_patches` (Visium-like jittered lattice + hard negatives).
+    3. Split by biopsy (:func:`kgl.tl.split_by_group`, stratified by stain): train / val / test.
+    4. :func:`kgl.tl.train`; temperature and threshold fitted on validation.
+    5. Held-out test biopsies (patch level) and, with ``external``, the PAS tiles of another site as
+       pseudo-Visium (:func:`kgl.datasets.pas_tiles_visium`, spot level) and as patches.
+    6. Checkpoint + model card in ``out_dir``; with ``install``, copied to the model cache where
+       ``classify_spots(adata, model=name)`` (and ``model=None``) finds it.
+
+    Parameters
+    ----------
+    out_dir
+        Working folder (checkpoints, curves, history, card); default ``<cachedir>/training/<name>``.
+    name
+        Registry name of the model.
+    install
+        Copy the best checkpoint to the model cache.
+    seed
+        Seed of sampling, split and training.
+    device, num_workers, show_progress
+        As in :func:`kgl.tl.train`.
+    max_patches_per_split
+        Subsample each split (class balance kept) for quick runs; ``None`` uses everything.
+    external
+        Evaluate on the PAS tiles (needs ``glomeruli-pas-tiles``).
+    overrides
+        Replace entries of :data:`DEFAULT_RECIPE`.
+
+    Returns
+    -------
+    Path of the installed (or, without ``install``, the trained) checkpoint.
+
+    """
+    import kgl
+    from kgl._settings import settings
+    from kgl.models import save_checkpoint
+    from kgl.models._registry import model_dir
+    from kgl.tl._evaluate import evaluate, evaluate_spots
+    from kgl.tl._train import train
+
+    unknown = set(overrides) - set(DEFAULT_RECIPE)
+    if unknown:
+        raise TypeError(f"Unknown recipe entries {sorted(unknown)}; the recipe has {sorted(DEFAULT_RECIPE)}.")
+    recipe = {**DEFAULT_RECIPE, **overrides}
+    out = Path(out_dir) if out_dir is not None else Path(settings.cachedir) / "training" / name
+    t0 = time.perf_counter()
+    slides = kgl.datasets.multistain_slides()
+    patches = kgl.im.sample_patches(slides, patch_um=recipe["patch_um"], seed=seed)
+    patches["split"] = kgl.tl.split_by_group(patches, group_key="group", stratify_key="stain", seed=seed).to_numpy()
+    if max_patches_per_split:
+        patches = _subsample(patches, max_patches_per_split, seed)
+    counts = patches.groupby(["split", "label"]).size().unstack(fill_value=0)
+    logger.info("training patches (rows: split, columns: label 0 other / 1 glomerulus):\n%s", counts.to_string())
+    summary = {
+        "dataset": "glomeruli-multistain (Jiang et al. 2021), 105 snapshots of human renal biopsies, Masson/PASM/PAS",
+        "n_slides": len(slides),
+        "n_biopsies": int(slides["group"].nunique()),
+        "biopsies_per_split": {s: int(g["group"].nunique()) for s, g in patches.groupby("split")},
+        "mpp": "estimated per image: 200 µm / median glomerulus equivalent diameter",
+        "mpp_range": [float(slides["mpp"].min()), float(slides["mpp"].max())],
+        "test_biopsies": sorted(patches.loc[patches["split"] == "test", "group"].unique().tolist()),
+    }
+    train_kw = {k: v for k, v in recipe.items() if k != "patch_um"}
+    result = train(
+        patches,
+        out_dir=out,
+        name=name,
+        seed=seed,
+        device=device,
+        num_workers=num_workers,
+        show_progress=show_progress,
+        extra_config={"training_data": summary},
+        **train_kw,
+    )
+    model = result.model
+    thr = float(model.config["threshold"])
+    metrics = dict(model.config["metrics"])
+    test = patches[patches["split"] == "test"]
+    p, y = evaluate_patches(model, test, device=device, num_workers=num_workers)
+    metrics["test (held-out biopsies, patches)"] = evaluate(y, p, threshold=thr)
+    for stain, idx in test.groupby("stain").indices.items():
+        metrics[f"test {stain}"] = evaluate(y[idx], p[idx], threshold=thr)
+    if external:
+        try:
+            tiles = kgl.datasets.pas_tiles_slides()
+        except FileNotFoundError as e:
+            logger.warning("skipping the external PAS-tiles evaluation: %s", e)
+        else:
+            tp = kgl.im.sample_patches(tiles, patch_um=recipe["patch_um"], seed=seed)
+            p2, y2 = evaluate_patches(model, tp, device=device, num_workers=num_workers)
+            metrics["pas_tiles (other site, patches)"] = evaluate(y2, p2, threshold=thr)
+            adata = kgl.datasets.pas_tiles_visium(seed=seed)
+            kgl.tl.classify_spots(adata, model, device=device, show_progress=False)
+            metrics["pas_tiles_visium (other site, spots)"] = evaluate_spots(adata)
+    model.config["metrics"] = metrics
+    model.config["training"]["total_seconds"] = time.perf_counter() - t0
+    model.config["limitations"] = [
+        "Trained on Masson/PASM/PAS snapshots only; no H&E in the training data: check calls on H&E Visium "
+        "(kgl.tl.marker_check, manual review) before trusting them.",
+        "µm/px of the training images is estimated from glomerulus size (assumed 200 µm median diameter); "
+        "scale jitter ±25 % covers part of that uncertainty.",
+        "Snapshots are centred on glomeruli: cortex far from glomeruli and medulla are under-represented.",
+        "Research use only; not a diagnostic device.",
+    ]
+    best = save_checkpoint(model, out / "best.pt")
+    from kgl.models import write_model_card
+
+    write_model_card(model.config, out / "MODEL_CARD.md")
+    logger.info("trained %s in %.0f s; card: %s", name, time.perf_counter() - t0, out / "MODEL_CARD.md")
+    if not install:
+        return best
+    dest = model_dir() / f"{name}.pt"
+    save_checkpoint(model, dest)
+    write_model_card(model.config, dest.with_suffix(".md"))
+    return dest

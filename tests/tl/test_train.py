@@ -1,0 +1,191 @@
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+import kgl
+from kgl.models import load_checkpoint, state_dict_sha256
+
+
+def _synthetic_patch_table(tmp_path, n_slides=6, seed=0):
+    """Slides with red 'glomeruli' on pink noise; one row per patch centre (positives on disks)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for s in range(n_slides):
+        img = np.clip(rng.normal((225, 185, 210), 10, (400, 400, 3)), 0, 255).astype(np.uint8)
+        yy, xx = np.mgrid[:400, :400]
+        centres = [(100, 100), (300, 280)]
+        for cx, cy in centres:
+            img[(xx - cx) ** 2 + (yy - cy) ** 2 <= 45**2] = (150, 30, 60)
+        path = tmp_path / f"slide{s}.png"
+        Image.fromarray(img).save(path)
+        for cx, cy in centres:
+            for dx, dy in [(0, 0), (5, -5), (-6, 4)]:
+                rows.append((str(path), f"s{s}", cx + dx, cy + dy, 1))
+        for x, y in [(250, 80), (80, 300), (200, 200), (340, 60), (60, 200), (180, 350)]:
+            rows.append((str(path), f"s{s}", x, y, 0))
+    df = pd.DataFrame(rows, columns=["path", "group", "x", "y", "label"])
+    df["slide"] = df["group"]
+    df["mpp"] = 1.0
+    df["patch_um"] = 60.0
+    split = {"s0": "val", "s1": "test"}
+    df["split"] = [split.get(g, "train") for g in df["group"]]
+    return df
+
+
+def test_augmentations_are_seeded_and_shape_preserving(tmp_path):
+    table = _synthetic_patch_table(tmp_path, n_slides=1)
+    i = int(np.flatnonzero(table["label"] == 0)[0])  # a noisy background patch
+    for aug in kgl.tl.AUGMENTATIONS:
+        ds = kgl.tl.PatchDataset(table, size=32, augment=aug, seed=3)
+        a, la = ds[i]
+        b, _ = ds[i]
+        assert a.shape == (32, 32, 3) and a.dtype == np.uint8 and la == 0
+        np.testing.assert_array_equal(a, b)  # same (seed, epoch, index): same patch
+        ds.set_epoch(1)
+        assert not np.array_equal(ds[i][0], a)  # another epoch: another draw (scale jitter at least)
+    grey = kgl.tl.PatchDataset(table, size=32, augment="grey", train=False)[i][0]
+    assert (grey[..., 0] == grey[..., 1]).all()
+    with pytest.raises(ValueError, match="augment"):
+        kgl.tl.build_transform("sepia")
+
+
+def test_train_small_run_loss_falls_and_checkpoint_roundtrips(tmp_path):
+    table = _synthetic_patch_table(tmp_path)
+    res = kgl.tl.train(
+        table,
+        backbone="mobilenet_v2",
+        weights=None,
+        input_size=32,
+        epochs=3,
+        batch_size=8,
+        lr=3e-3,
+        freeze_epochs=0,
+        patience=5,
+        out_dir=tmp_path / "run",
+        show_progress=False,
+        augment="color",
+        seed=0,
+        device="cpu",
+        precision="fp32",
+    )
+    h = res.history
+    assert list(h["epoch"]) == [1, 2, 3]
+    assert res.step_loss[-4:].mean() < res.step_loss[:4].mean()
+    for f in ("best.pt", "last.pt", "history.csv"):
+        assert (tmp_path / "run" / f).exists()
+    cfg = res.model.config
+    assert cfg["head_trained"] and 0.0 < cfg["threshold"] < 1.0 and cfg["temperature"] > 0
+    assert cfg["training"]["class_counts"]["train"] == {"other": 24, "glomerulus": 24}
+    loaded = load_checkpoint(tmp_path / "run" / "best.pt")
+    assert state_dict_sha256(loaded) == state_dict_sha256(res.model)
+    assert loaded.config["threshold"] == cfg["threshold"]
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded.eval()(x), res.model.eval()(x))
+
+
+def test_resume_is_identical_to_an_uninterrupted_run(tmp_path, monkeypatch):
+    table = _synthetic_patch_table(tmp_path)
+    kw = dict(
+        backbone="mobilenet_v2",
+        weights=None,
+        input_size=32,
+        batch_size=8,
+        freeze_epochs=1,
+        patience=5,
+        epochs=3,
+        show_progress=False,
+        seed=1,
+        device="cpu",
+        precision="fp32",
+    )
+    full = kgl.tl.train(table, out_dir=tmp_path / "full", **kw)
+
+    import kgl.tl._train as tr
+
+    real_eval, calls = tr._run_eval, {"n": 0}
+
+    def crash_in_epoch_3(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("simulated interruption during epoch 3")
+        return real_eval(*a, **k)
+
+    monkeypatch.setattr(tr, "_run_eval", crash_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        kgl.tl.train(table, out_dir=tmp_path / "cut", **kw)
+    monkeypatch.setattr(tr, "_run_eval", real_eval)
+    assert len(pd.read_csv(tmp_path / "cut" / "history.csv")) == 2
+    assert not (tmp_path / "cut" / "best.pt").exists()
+    resumed = kgl.tl.train(table, out_dir=tmp_path / "cut", resume=True, **kw)
+    assert list(resumed.history["epoch"]) == [1, 2, 3]
+    np.testing.assert_array_equal(resumed.history["val_loss"], full.history["val_loss"])
+    assert state_dict_sha256(resumed.model) == state_dict_sha256(full.model)
+
+
+def test_train_input_errors(tmp_path):
+    table = _synthetic_patch_table(tmp_path, n_slides=3)
+    with pytest.raises(KeyError, match="split"):
+        kgl.tl.train(table.drop(columns="split"), backbone="mobilenet_v2", weights=None)
+    leaky = table.copy()
+    leaky.loc[leaky.index[leaky["group"] == "s2"][0], "split"] = "val"  # slide s2 now in train and val
+    with pytest.raises(ValueError, match="s2"):
+        kgl.tl.train(leaky, backbone="mobilenet_v2", weights=None)
+    onlyneg = table.copy()
+    onlyneg.loc[onlyneg["split"] == "val", "label"] = 0
+    with pytest.raises(ValueError, match="both classes"):
+        kgl.tl.train(onlyneg, backbone="mobilenet_v2", weights=None)
+    with pytest.raises(FileNotFoundError, match="resume"):
+        kgl.tl.train(
+            table,
+            backbone="mobilenet_v2",
+            weights=None,
+            resume=True,
+            out_dir=tmp_path / "none",
+            input_size=32,
+            show_progress=False,
+        )
+
+
+def test_fit_temperature_recovers_scale():
+    rng = np.random.default_rng(0)
+    z = rng.normal(0, 2, 5000)
+    y = (rng.random(5000) < 1 / (1 + np.exp(-z))).astype(int)  # calibrated at T=1 on logits z
+    logits = np.c_[np.zeros_like(z), z * 3.0]  # overconfident by 3x
+    assert kgl.tl.fit_temperature(logits, y) == pytest.approx(3.0, rel=0.1)
+
+
+@pytest.mark.realdata
+def test_small_real_training_run(shared_data, mobilenet_weights, tmp_path):
+    """CI-sized real run: multistain biopsies split by biopsy, MobileNet_V2 ImageNet, one epoch."""
+    slides = kgl.datasets.multistain_slides()
+    patches = kgl.im.sample_patches(slides, patch_um=110.0, seed=0)
+    patches["split"] = kgl.tl.split_by_group(patches, stratify_key="stain", seed=0).to_numpy()
+    kgl.tl.check_no_leakage(patches, "split", "group")
+    rng = np.random.default_rng(0)
+    keep = []
+    for (split, _label), idx in patches.groupby(["split", "label"]).indices.items():
+        n = {"train": 96, "val": 32}.get(split, 0)
+        keep.extend(rng.choice(idx, min(n, len(idx)), replace=False))
+    small = patches.iloc[np.sort(keep)]
+    res = kgl.tl.train(
+        small,
+        backbone="mobilenet_v2",
+        weights="IMAGENET1K_V1",
+        input_size=64,
+        epochs=1,
+        batch_size=16,
+        lr=2e-3,
+        freeze_epochs=0,
+        out_dir=tmp_path,
+        show_progress=False,
+        device="cpu",
+    )
+    q = len(res.step_loss) // 3
+    assert res.step_loss[-q:].mean() < res.step_loss[:q].mean()
+    assert res.history["val_auroc"].iloc[0] > 0.7
+    loaded = load_checkpoint(tmp_path / "best.pt")
+    assert state_dict_sha256(loaded) == state_dict_sha256(res.model)
+    assert loaded.config["training"]["recipe"]["backbone"] == "mobilenet_v2"
