@@ -68,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--backbone", default=None, help="torchvision backbone (default recipe: mobilenet_v2)")
     t.add_argument("--weights", default=None, help="weights enum member (default recipe: IMAGENET1K_V1)")
     t.add_argument("--epochs", type=int, default=None, help="maximum epochs (default recipe: 6)")
-    t.add_argument("--input-size", type=int, default=None, help="model input side in px (default recipe: 112)")
+    t.add_argument("--input-size", type=int, default=None, help="model input side in px (default recipe: 224)")
     t.add_argument("--patch-um", type=float, default=None, help="patch side in µm (default recipe: 110)")
     t.add_argument("--batch-size", type=int, default=None, help="patches per step (default recipe: 48)")
     t.add_argument("--augment", default=None, help="none, color, hed, hed+color, grey (default recipe: hed+color)")

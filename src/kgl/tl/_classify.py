@@ -45,6 +45,8 @@ def _predict(
     std = torch.tensor(cfg["std"], device=device).view(1, 3, 1, 1) * 255.0
     pos = cfg["class_names"].index(cfg.get("positive_class", cfg["class_names"][-1]))
     temperature = float(cfg.get("temperature", 1.0))  # calibration fitted on validation data (kgl.tl.train)
+    greyscale = bool(cfg.get("greyscale", False)) or cfg.get("training", {}).get("recipe", {}).get("augment") == "grey"
+    grey_w = torch.tensor([0.299, 0.587, 0.114], device=device).view(1, 3, 1, 1)  # as albumentations ToGray
     loader = DataLoader(
         dataset,
         batch_size=batch_size,
@@ -59,6 +61,8 @@ def _predict(
         for x, f in tqdm(loader, desc=desc, unit="batch", disable=not show_progress):
             # uint8 NHWC goes over the bus (4x less than float); normalise on the device
             x = x.to(device, non_blocking=True).permute(0, 3, 1, 2).float()
+            if greyscale:  # a morphology-only model was trained on grey patches
+                x = (x * grey_w).sum(dim=1, keepdim=True).round().expand(-1, 3, -1, -1)
             x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)
             emb = model.forward_features(x)
             logits = model.head(emb)

@@ -464,6 +464,7 @@ def train(
         {
             "name": name,
             "head_trained": True,
+            "greyscale": augment == "grey",  # inference must see grey patches too (classify_spots applies it)
             "temperature": temperature,
             "threshold": threshold,
             "training": {
