@@ -175,10 +175,13 @@ def _cmd_classify(args: argparse.Namespace) -> int:
 
 def _print_metrics(metrics: dict[str, dict[str, Any]]) -> None:
     keys = ["n", "roc_auc", "pr_auc", "f1", "precision", "recall", "accuracy", "ece"]
+    order = ("val", "test", "pas")  # validation, held-out biopsies, other site
+    names = sorted(metrics, key=lambda k: (next((i for i, o in enumerate(order) if k.startswith(o)), len(order)), k))
     width = max(len(k) for k in metrics) + 2
-    print(f"{'':{width}}" + "".join(f"{k:>9}" for k in keys))
-    for split, m in metrics.items():
-        cells = "".join(f"{m.get(k, float('nan')):>9.3f}" if k != "n" else f"{int(m.get(k, 0)):>9d}" for k in keys)
+    print(f"{'':{width}}" + "".join(f"{k:>10}" for k in keys))
+    for split in names:
+        m = metrics[split]
+        cells = "".join(f"{m.get(k, float('nan')):>10.3f}" if k != "n" else f"{int(m.get(k, 0)):>10d}" for k in keys)
         print(f"{split:{width}}{cells}")
 
 

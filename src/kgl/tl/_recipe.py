@@ -151,6 +151,8 @@ def train_default_model(
         "biopsies_per_split": {s: int(g["group"].nunique()) for s, g in patches.groupby("split")},
         "mpp": "estimated per image: 200 µm / median glomerulus equivalent diameter",
         "mpp_range": [float(slides["mpp"].min()), float(slides["mpp"].max())],
+        "train_biopsies": sorted(patches.loc[patches["split"] == "train", "group"].unique().tolist()),
+        "val_biopsies": sorted(patches.loc[patches["split"] == "val", "group"].unique().tolist()),
         "test_biopsies": sorted(patches.loc[patches["split"] == "test", "group"].unique().tolist()),
     }
     train_kw = {k: v for k, v in recipe.items() if k != "patch_um"}

@@ -1,0 +1,31 @@
+import numpy as np
+import pytest
+
+import kgl
+from kgl._settings import settings
+
+
+@pytest.mark.realdata
+def test_default_recipe_quick_installs_where_classify_finds_it(shared_data, mobilenet_weights, tmp_path, monkeypatch):
+    monkeypatch.setattr(settings, "cachedir", tmp_path / "cache")
+    with pytest.raises(FileNotFoundError, match="kgl train"):
+        kgl.models.fetch_model("kgl-glom-v1")
+    path = kgl.tl.train_default_model(
+        tmp_path / "work", max_patches_per_split=60, epochs=1, input_size=64, show_progress=False, device="cpu"
+    )
+    assert path == tmp_path / "cache" / "models" / "kgl-glom-v1.pt"
+    assert path.with_suffix(".md").exists() and (tmp_path / "work" / "MODEL_CARD.md").exists()
+    assert (tmp_path / "work" / "curves.png").stat().st_size > 1000
+    cfg = kgl.models.load_checkpoint(path).config
+    metrics = cfg["metrics"]
+    assert {"val", "test (held-out biopsies, patches)", "pas_tiles_visium (other site, spots)"} <= set(metrics)
+    test_groups = set(cfg["training_data"]["test_biopsies"])
+    assert test_groups and not test_groups & set(cfg["training_data"].get("train_biopsies", []))
+    card = (tmp_path / "work" / "MODEL_CARD.md").read_text()
+    assert "kgl-glom-v1" in card and "held-out biopsies" in card
+    # classify_spots(adata) with no model= uses the installed model
+    adata = kgl.datasets.pas_tiles_visium()[:40].copy()
+    kgl.tl.classify_spots(adata, show_progress=False)
+    assert adata.uns["glomerulus"]["params"]["model"] == "kgl-glom-v1"
+    assert adata.uns["glomerulus"]["params"]["head_trained"] is True
+    assert np.isfinite(adata.obs["glomerulus_proba"]).all()
