@@ -219,7 +219,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     print(
         f"trained {cfg['name']} ({cfg['backbone']}, {cfg['input_size']} px, {cfg['patch_um']:g} µm) in "
         f"{time.perf_counter() - t0:.0f} s; best epoch {cfg['training']['best_epoch']} of "
-        f"{cfg['training']['epochs_run']}; threshold {cfg['threshold']:.3f}, temperature {cfg['temperature']:.2f}"
+        f"{cfg['training']['epochs_run']}; threshold {cfg['threshold']:.3f}, "
+        f"calibration T={cfg['temperature']:.2f} b={cfg.get('logit_bias', 0.0):+.2f}"
     )
     _print_metrics(cfg["metrics"])
     print(f"model: {path}")

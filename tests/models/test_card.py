@@ -78,7 +78,7 @@ def test_model_card_full():
     assert 'kgl.tl.classify_spots(adata, model="kgl-test-model")' in md
     assert "ab" * 32 in md
     assert "max F1 on val" in md
-    assert "T = 1.7" in md and "| **softmax temperature** | 1.7 |" in md
+    assert "T = 1.7" in md and "| **calibration (T, b)** | 1.7, 0 |" in md
     # top-level training_data (as kgl.tl's training recipe writes it)
     cfg2 = {**cfg, "training_data": "from the recipe", "training": {"epochs_run": 3}}
     assert "from the recipe" in model_card(cfg2)

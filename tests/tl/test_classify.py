@@ -41,6 +41,7 @@ def test_contract_and_markers(visium):
     assert p[marked].min() > 0.9 and np.delete(p, marked).max() < 0.1
     assert visium.obsm["X_glomerulus"].shape == (visium.n_obs, 3)
     assert obs["glomerulus_in_image"].between(0, 1).all()
+    assert obs["glomerulus_uncertain"].dtype == bool and not obs["glomerulus_uncertain"].any()
     params = visium.uns["glomerulus"]["params"]
     for k in ("model", "model_sha256", "patch_um", "threshold", "device", "input_size", "libraries"):
         assert k in params
@@ -64,6 +65,7 @@ def test_copy_true_leaves_input_untouched(visium):
         ({"library_id": "nope"}, KeyError, "Available"),
         ({"device": "cuda:7"}, ValueError, "CUDA"),
         ({"threshold": 2.0}, ValueError, "threshold"),
+        ({"uncertain": (0.9, 0.1)}, ValueError, "uncertain"),
         ({"img_key": "lowres"}, KeyError, "Available"),
     ],
 )
@@ -107,7 +109,10 @@ def test_deterministic(visium):
 def test_dataloader_workers_match(visium):
     a = kgl.tl.classify_spots(visium, tiny_cnn(), copy=True, show_progress=False, precision="fp32")
     b = kgl.tl.classify_spots(visium, tiny_cnn(), copy=True, show_progress=False, precision="fp32", num_workers=2)
-    np.testing.assert_array_equal(a.obs["glomerulus_proba"], b.obs["glomerulus_proba"])
+    # worker processes cut the same patches; tensors in another process may differ in memory alignment,
+    # which changes SIMD rounding of the forward pass by an ulp
+    np.testing.assert_allclose(a.obs["glomerulus_proba"], b.obs["glomerulus_proba"], rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(a.obs["glomerulus"], b.obs["glomerulus"])
 
 
 def _two_samples():
@@ -174,6 +179,7 @@ def test_imagenet_backbone_untrained_head(visium, mobilenet_weights, caplog):
     assert "untrained glomerulus head" in caplog.text
     assert visium.obsm["X_glomerulus"].shape == (visium.n_obs, 1280)
     assert np.allclose(visium.obs["glomerulus_proba"], 0.5)
+    assert visium.obs["glomerulus_uncertain"].all()  # 0.5 is inside the default (0.2, 0.8) band
     assert visium.uns["glomerulus"]["params"]["head_trained"] is False
 
 

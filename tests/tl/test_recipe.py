@@ -15,7 +15,8 @@ def test_default_recipe_quick_installs_where_classify_finds_it(shared_data, mobi
     )
     assert path == tmp_path / "cache" / "models" / "kgl-glom-v1.pt"
     assert path.with_suffix(".md").exists() and (tmp_path / "work" / "MODEL_CARD.md").exists()
-    assert (tmp_path / "work" / "curves.png").stat().st_size > 1000
+    for png in ("curves.png", "roc_pr.png", "reliability_test.png", "confusion_test.png"):
+        assert (tmp_path / "work" / png).stat().st_size > 1000
     cfg = kgl.models.load_checkpoint(path).config
     metrics = cfg["metrics"]
     assert {"val", "test (held-out biopsies, patches)", "pas_tiles_visium (other site, spots)"} <= set(metrics)

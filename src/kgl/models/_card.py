@@ -131,7 +131,7 @@ def _model_section(c: Mapping[str, Any]) -> list[str]:
     if "threshold" in c:
         rows.append(("decision threshold", float(c["threshold"])))
     if c.get("temperature") is not None:
-        rows.append(("softmax temperature", float(c["temperature"])))
+        rows.append(("calibration (T, b)", f"{float(c['temperature']):.3g}, {float(c.get('logit_bias', 0.0)):.3g}"))
     if "kgl_version" in c:
         rows.append(("kgl version", c["kgl_version"]))
     if not rows:
@@ -249,8 +249,9 @@ def _calibration_section(c: Mapping[str, Any], metrics: Mapping[str, Any]) -> li
         if lines:
             lines.append("")
         lines.append(
-            f"Logits are divided by a temperature T = {float(c['temperature']):.3g} fitted on validation data "
-            "(temperature scaling) before the softmax."
+            f"Probabilities are calibrated on validation data: p = sigmoid((l_glom - l_other) / T + b) with "
+            f"T = {float(c['temperature']):.3g} and b = {float(c.get('logit_bias', 0.0)):.3g} (Platt scaling of the "
+            "logit margin; b undoes the 50/50 prior of class-balanced sampling)."
         )
     cal = [
         (s, m.get("ece"), m.get("brier"))

@@ -37,6 +37,7 @@ def _predict(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Run the model over a patch dataset; returns probabilities, embeddings and in-image fractions."""
     import torch
+    from scipy.special import expit
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
@@ -44,7 +45,11 @@ def _predict(
     mean = torch.tensor(cfg["mean"], device=device).view(1, 3, 1, 1) * 255.0
     std = torch.tensor(cfg["std"], device=device).view(1, 3, 1, 1) * 255.0
     pos = cfg["class_names"].index(cfg.get("positive_class", cfg["class_names"][-1]))
-    temperature = float(cfg.get("temperature", 1.0))  # calibration fitted on validation data (kgl.tl.train)
+    # calibration fitted on validation data (kgl.tl.train): p = sigmoid((l_pos - l_neg) / T + b)
+    if len(cfg["class_names"]) != 2:
+        raise ValueError(f"kgl calls two classes; the model has {cfg['class_names']}.")
+    temperature = float(cfg.get("temperature", 1.0))
+    logit_bias = float(cfg.get("logit_bias", 0.0))
     greyscale = bool(cfg.get("greyscale", False)) or cfg.get("training", {}).get("recipe", {}).get("augment") == "grey"
     grey_w = torch.tensor([0.299, 0.587, 0.114], device=device).view(1, 3, 1, 1)  # as albumentations ToGray
     loader = DataLoader(
@@ -66,11 +71,12 @@ def _predict(
             x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)
             emb = model.forward_features(x)
             logits = model.head(emb)
-            probas.append(torch.softmax(logits.float() / temperature, dim=1)[:, pos].cpu())
+            probas.append((logits[:, pos].float() - logits[:, 1 - pos].float()).cpu())  # logit margin
             feats.append(emb.float().cpu())
             inside.append(f)
     return (
-        torch.cat(probas).numpy().astype(np.float32),
+        # in float64 on the host: elementwise and exact whatever the batch layout (SIMD tails round differently)
+        expit(torch.cat(probas).numpy().astype(np.float64) / temperature + logit_bias).astype(np.float32),
         torch.cat(feats).numpy().astype(np.float32),
         torch.cat(inside).numpy().astype(np.float32),
     )
@@ -88,6 +94,7 @@ def classify_spots(
     device: Any = "auto",
     precision: str = "auto",
     threshold: float | None = None,
+    uncertain: tuple[float, float] | None = (0.2, 0.8),
     img_key: str | None = None,
     spatial_key: str = "spatial",
     library_key: str = "library_id",
@@ -128,6 +135,10 @@ def classify_spots(
         ``"bf16"`` or ``"fp16"``.
     threshold
         Probability above which a spot is called ``glomerulus``; the model's own by default.
+    uncertain
+        Band of calibrated probabilities flagged in ``obs[f"{key_added}_uncertain"]``: calls worth a
+        manual review (the threshold chosen on in-domain validation may move under a stain/site
+        shift). ``None``: no flag.
     img_key
         Which image to read (``"fullres"``, ``"hires"``, ``"lowres"``); the highest resolution by default.
     spatial_key
@@ -150,6 +161,7 @@ def classify_spots(
 
     - ``obs[key_added]``: categorical ``glomerulus`` / ``other``;
     - ``obs[f"{key_added}_proba"]``: probability of ``glomerulus``;
+    - ``obs[f"{key_added}_uncertain"]``: probability inside ``uncertain``;
     - ``obs[f"{key_added}_in_image"]``: fraction of the patch inside the image (patches leaving the
       image are padded with white, never cropped or dropped);
     - ``obsm[f"X_{key_added}"]``: the backbone's pooled features (2048-d for ResNet50);
@@ -206,6 +218,8 @@ def classify_spots(
     threshold = float(cfg["threshold"] if threshold is None else threshold)
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be in [0, 1], got {threshold!r}.")
+    if uncertain is not None and not (len(uncertain) == 2 and 0.0 <= uncertain[0] <= uncertain[1] <= 1.0):
+        raise ValueError(f"uncertain must be a (low, high) band inside [0, 1], got {uncertain!r}.")
     sets = spot_sets(adata, library_id=library_id, img_key=img_key, spatial_key=spatial_key, library_key=library_key)
 
     net = net.eval().to(dev, memory_format=torch.channels_last)
@@ -260,6 +274,9 @@ def classify_spots(
         "patch_um": patch_um,
         "input_size": input_size,
         "threshold": threshold,
+        "uncertain": None if uncertain is None else [float(u) for u in uncertain],
+        "temperature": float(cfg.get("temperature", 1.0)),
+        "logit_bias": float(cfg.get("logit_bias", 0.0)),
         "device": str(dev),
         "precision": "fp32" if amp is None else str(amp).replace("torch.", ""),
         "library_id": list(per_lib),
@@ -273,6 +290,8 @@ def classify_spots(
     cat = pd.Categorical(labels, categories=[negative, positive])
     write_obs_key(adata, key_added, pd.Series(cat, index=adata.obs_names))
     write_obs_key(adata, f"{key_added}_proba", proba)
+    if uncertain is not None:
+        write_obs_key(adata, f"{key_added}_uncertain", done & (proba >= uncertain[0]) & (proba <= uncertain[1]))
     write_obs_key(adata, f"{key_added}_in_image", inside)
     if f"X_{key_added}" in adata.obsm:
         logger.warning("adata.obsm[%r] already exists and is overwritten.", f"X_{key_added}")

@@ -43,7 +43,7 @@ def evaluate_patches(
     from torch.utils.data import DataLoader
 
     from kgl.tl._device import autocast_dtype, resolve_device
-    from kgl.tl._train import PatchDataset, _collate, _run_eval, _softmax_pos
+    from kgl.tl._train import PatchDataset, _collate, _run_eval, calibrated_proba
 
     dev = resolve_device(device)
     amp = autocast_dtype(dev, "auto")
@@ -60,7 +60,25 @@ def evaluate_patches(
     std = torch.tensor(cfg["std"], device=dev).view(1, 3, 1, 1) * 255.0
     logits, labels = _run_eval(model, loader, device=dev, amp=amp, mean=mean, std=std)
     model.cpu()
-    return _softmax_pos(logits, float(cfg.get("temperature", 1.0))), labels
+    calib = {"temperature": float(cfg.get("temperature", 1.0)), "logit_bias": float(cfg.get("logit_bias", 0.0))}
+    return calibrated_proba(logits, **calib), labels
+
+
+def _evaluation_plots(out: Path, curves: dict[str, tuple[np.ndarray, np.ndarray]], test_metrics: dict) -> None:
+    """ROC/PR curves, reliability diagram and confusion matrix of the held-out test split into ``out``."""
+    import matplotlib.pyplot as plt
+
+    from kgl.pl import confusion, reliability, roc_pr
+
+    roc_pr(curves, save=out / "roc_pr.png")
+    y, p = curves["test (held-out biopsies)"]
+    reliability(y, p, save=out / "reliability_test.png", title="held-out biopsies")
+    confusion(
+        test_metrics,
+        save=out / "confusion_test.png",
+        title=f"held-out biopsies (threshold {test_metrics['threshold']:.2f})",
+    )
+    plt.close("all")
 
 
 def _subsample(patches: pd.DataFrame, max_per_split: int, seed: int) -> pd.DataFrame:
@@ -94,7 +112,7 @@ def train_default_model(
        estimated per image from glomerulus size).
     2. Patches: :func:`kgl.im.sample_patches` (Visium-like jittered lattice + hard negatives).
     3. Split by biopsy (:func:`kgl.tl.split_by_group`, stratified by stain): train / val / test.
-    4. :func:`kgl.tl.train`; temperature and threshold fitted on validation.
+    4. :func:`kgl.tl.train`; calibration (temperature + bias) and threshold fitted on validation.
     5. Held-out test biopsies (patch level) and, with ``external``, the PAS tiles of another site as
        pseudo-Visium (:func:`kgl.datasets.pas_tiles_visium`, spot level) and as patches.
     6. Checkpoint + model card in ``out_dir``; with ``install``, copied to the model cache where
@@ -175,6 +193,7 @@ def train_default_model(
     metrics["test (held-out biopsies, patches)"] = evaluate(y, p, threshold=thr)
     for stain, idx in test.groupby("stain").indices.items():
         metrics[f"test {stain}"] = evaluate(y[idx], p[idx], threshold=thr)
+    curves = {"val": (result.val_labels, result.val_proba), "test (held-out biopsies)": (y, p)}
     if external:
         try:
             tiles = kgl.datasets.pas_tiles_slides()
@@ -187,6 +206,8 @@ def train_default_model(
             adata = kgl.datasets.pas_tiles_visium(seed=seed)
             kgl.tl.classify_spots(adata, model, device=device, show_progress=False)
             metrics["pas_tiles_visium (other site, spots)"] = evaluate_spots(adata)
+            curves["pas_tiles (other site)"] = (y2, p2)
+    _evaluation_plots(out, curves, metrics["test (held-out biopsies, patches)"])
     model.config["metrics"] = metrics
     model.config["training"]["total_seconds"] = time.perf_counter() - t0
     model.config["limitations"] = [

@@ -15,7 +15,15 @@ import pandas as pd
 
 from kgl._logging import logger
 
-__all__ = ["AUGMENTATIONS", "PatchDataset", "TrainResult", "build_transform", "fit_temperature", "train"]
+__all__ = [
+    "AUGMENTATIONS",
+    "PatchDataset",
+    "TrainResult",
+    "build_transform",
+    "calibrated_proba",
+    "fit_calibration",
+    "train",
+]
 
 #: Named augmentation recipes (geometric flips/rot90 + blur in all; the colour part differs).
 AUGMENTATIONS = ("none", "color", "hed", "hed+color", "grey")
@@ -156,27 +164,31 @@ def _run_eval(model: Any, loader: Any, *, device: Any, amp: Any, mean: Any, std:
     return torch.cat(logits).numpy(), torch.cat(labels).numpy()
 
 
-def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
-    """Temperature scaling (Guo et al. 2017): the scalar ``T`` minimising the NLL of ``softmax(logits / T)``.
+def fit_calibration(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Platt scaling of the logit margin: ``p = sigmoid((l_pos - l_neg) / T + b)``, fitted on validation.
 
-    Fitted on validation logits; a one-parameter bounded scalar minimisation (scipy), so it cannot
-    change which class has the larger logit, only how confident the probabilities are.
+    A temperature ``T`` (Guo et al. 2017) plus a bias ``b``: the bias undoes the 50/50 prior that
+    class-balanced sampling teaches the model, the temperature its over/under-confidence. Two
+    parameters, minimised NLL (scipy); the ranking of samples (ROC-AUC) is unchanged.
     """
-    from scipy.optimize import minimize_scalar
-    from scipy.special import log_softmax
+    from scipy.optimize import minimize
 
-    def nll(log_t: float) -> float:
-        lp = log_softmax(logits / np.exp(log_t), axis=1)
-        return float(-lp[np.arange(len(labels)), labels].mean())
+    z = logits[:, 1] - logits[:, 0]
+    y = np.asarray(labels, dtype=float)
 
-    res = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
-    return float(np.exp(res.x))
+    def nll(params: np.ndarray) -> float:
+        t = z / np.exp(params[0]) + params[1]
+        return float(np.mean(np.logaddexp(0.0, t) - y * t))
+
+    res = minimize(nll, x0=np.zeros(2), method="L-BFGS-B", bounds=[(np.log(0.05), np.log(20.0)), (-10.0, 10.0)])
+    return {"temperature": float(np.exp(res.x[0])), "logit_bias": float(res.x[1])}
 
 
-def _softmax_pos(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    from scipy.special import softmax
+def calibrated_proba(logits: np.ndarray, temperature: float = 1.0, logit_bias: float = 0.0) -> np.ndarray:
+    """Positive-class probability of 2-class logits after :func:`fit_calibration`."""
+    from scipy.special import expit
 
-    return softmax(logits / temperature, axis=1)[:, 1]
+    return expit((logits[:, 1] - logits[:, 0]) / temperature + logit_bias)
 
 
 def train(
@@ -260,7 +272,7 @@ def train(
 
     Returns
     -------
-    :class:`TrainResult` with the best model (temperature-calibrated and with its decision
+    :class:`TrainResult` with the best model (Platt-calibrated on validation, with its decision
     threshold chosen on the validation split), the per-epoch history and validation predictions.
 
     """
@@ -408,7 +420,7 @@ def train(
             bar.set_postfix(loss=f"{tot_loss / tot_n:.3f}")
         train_time = time.perf_counter() - t0
         val_logits, val_y = _run_eval(model, val_loader, device=dev, amp=amp, mean=mean, std=std)
-        val_p = _softmax_pos(val_logits)
+        val_p = calibrated_proba(val_logits)
         val_loss = float(nn.functional.cross_entropy(torch.from_numpy(val_logits), torch.from_numpy(val_y)))
         m = evaluate(val_y, val_p, threshold=0.5)
         row = {
@@ -455,8 +467,8 @@ def train(
     seconds = time.perf_counter() - t_start
     model.load_state_dict(best_state)
     val_logits, val_y = _run_eval(model, val_loader, device=dev, amp=amp, mean=mean, std=std)
-    temperature = fit_temperature(val_logits, val_y)
-    val_p = _softmax_pos(val_logits, temperature)
+    calibration = fit_calibration(val_logits, val_y)
+    val_p = calibrated_proba(val_logits, **calibration)
     threshold = choose_threshold(val_y, val_p, metric="f1")
     hist = pd.DataFrame(history)
     hist["best"] = hist["epoch"] == best_epoch
@@ -465,7 +477,7 @@ def train(
             "name": name,
             "head_trained": True,
             "greyscale": augment == "grey",  # inference must see grey patches too (classify_spots applies it)
-            "temperature": temperature,
+            **calibration,
             "threshold": threshold,
             "training": {
                 "recipe": {
