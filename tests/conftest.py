@@ -11,6 +11,19 @@ from _kgl_fixtures import has_mobilenet_weights, make_visium
 
 
 @pytest.fixture
+def kgl_log(caplog):
+    """Capture records of the ``kgl`` logger (it does not propagate to the root logger)."""
+    from kgl._logging import logger
+
+    logger.addHandler(caplog.handler)
+    caplog.handler.setLevel(10)  # DEBUG
+    try:
+        yield caplog
+    finally:
+        logger.removeHandler(caplog.handler)
+
+
+@pytest.fixture
 def visium() -> ad.AnnData:
     return make_visium()
 

@@ -1,5 +1,4 @@
 import json
-import logging
 
 import numpy as np
 import pytest
@@ -10,20 +9,8 @@ from hypothesis.extra.numpy import arrays
 from PIL import Image
 from shapely.geometry import MultiPolygon, Polygon
 
-from kgl._logging import logger
 from kgl._settings import settings as kgl_settings
 from kgl.io import mask_to_polygons, read_coco, read_geojson, read_mask
-
-
-@pytest.fixture
-def kgl_log(caplog):
-    """Capture records of the ``kgl`` logger (it does not propagate to the root logger)."""
-    logger.addHandler(caplog.handler)
-    caplog.handler.setLevel(logging.DEBUG)
-    try:
-        yield caplog
-    finally:
-        logger.removeHandler(caplog.handler)
 
 
 def _data(name):

@@ -1,5 +1,4 @@
 import json
-import logging
 
 import anndata as ad
 import numpy as np
@@ -7,21 +6,9 @@ import pandas as pd
 import pytest
 
 import kgl
-from kgl._logging import logger
 
 Y = [0, 0, 1, 1]
 P = [0.1, 0.4, 0.35, 0.8]
-
-
-@pytest.fixture
-def kgl_log(caplog):
-    """Capture records of the ``kgl`` logger (it does not propagate to the root logger)."""
-    logger.addHandler(caplog.handler)
-    caplog.handler.setLevel(logging.DEBUG)
-    try:
-        yield caplog
-    finally:
-        logger.removeHandler(caplog.handler)
 
 
 def test_evaluate_hand_computed():
