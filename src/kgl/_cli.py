@@ -239,7 +239,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         try:
             kgl.models.fetch_model(args.model)
         except FileNotFoundError:
-            print(f"model {args.model!r} is not cached: training it first (kgl train, about 20 minutes on 2 CPU cores)")
+            print(f"model {args.model!r} is not cached: training it first (kgl train, about 11 minutes on 2 CPU cores)")
             kgl.tl.train_default_model(name=args.model, show_progress=not args.quiet)
     t0 = time.perf_counter()
     adata = kgl.datasets.pas_tiles_visium()

@@ -55,7 +55,7 @@ def fetch_model(name: str) -> Path:
     if entry.url is None:
         raise FileNotFoundError(
             f"Model {name!r} is not in the model cache ({str(local)!r}) and not published for download yet. "
-            "Train it on this machine with `kgl train` (kgl.tl.train_default_model; about 20 minutes on a 2-core "
+            "Train it on this machine with `kgl train` (kgl.tl.train_default_model; about 11 minutes on a 2-core "
             "CPU), or pass a checkpoint path / torchvision backbone as model=."
         )
     import pooch
