@@ -1,0 +1,238 @@
+"""kgl benchmarks: classify_spots end to end vs. a naive baseline, the CPU roofline, memory, training.
+
+    python benchmarks/run.py            # full table (5,000-spot capture area), < 10 min here
+    python benchmarks/run.py --quick    # ~1,000 spots, < 2 min; last line: speedup/roofline/spots_per_s
+
+Everything is measured in this one run, on this machine: ratios, never absolute thresholds.
+The capture area is a pseudo-Visium (real Visium spot geometry) tiled from the shared PAS tiles,
+written as a tiled pyramidal TIFF on disk (``KGL_DATA_DIR`` must point at the shared data).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+BENCH_DIR = Path(tempfile.gettempdir()) / "kgl-bench"
+
+
+def _capture_area(n_tiles_side: int, mpp: float = 0.5) -> object:
+    """A pseudo-Visium of ``n_tiles_side``² PAS tiles (flipped/rotated copies), full-res TIFF on disk."""
+    import kgl
+    from kgl._settings import settings
+    from kgl.io import read_mask
+
+    root = settings.find_data("glomeruli-pas-tiles")
+    from PIL import Image
+
+    ids = sorted(p.stem for p in (root / "images").glob("*.png"))
+    images, masks = [], []
+    for k in range(n_tiles_side**2):
+        i = ids[k % len(ids)]
+        img = np.asarray(Image.open(root / "images" / f"{i}.png").convert("RGB"))
+        msk = np.asarray(Image.open(root / "masks" / f"{i}.png").convert("L")) > 0
+        r = (k // len(ids)) % 4  # rotate repeats so the mosaic is not periodic
+        images.append(np.ascontiguousarray(np.rot90(img, r)))
+        masks.append(np.ascontiguousarray(np.rot90(msk, r)))
+    del read_mask
+    return kgl.datasets.pseudo_visium(
+        images,
+        masks,
+        mpp=mpp,
+        library_id=f"bench{n_tiles_side}",
+        layout=(n_tiles_side, n_tiles_side),
+        fullres_path=BENCH_DIR / f"bench{n_tiles_side}.tif",
+        compression="jpeg",
+    )
+
+
+def matmul_gflops(dtype: str, n: int = 2048, reps: int = 6) -> float:
+    """Measured dense matmul throughput of this CPU (all intra-op threads) in GFLOP/s."""
+    import torch
+
+    dt = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
+    a, b = torch.randn(n, n, dtype=dt), torch.randn(n, n, dtype=dt)
+    torch.matmul(a, b)
+    t = time.perf_counter()
+    for _ in range(reps):
+        torch.matmul(a, b)
+    return 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
+
+
+def model_gflops(model: object, size: int) -> float:
+    """FLOPs of one forward pass (torch's FlopCounterMode; a multiply-add counts 2)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as fc, torch.inference_mode():
+        model(torch.randn(1, 3, size, size))
+    return fc.get_total_flops() / 1e9
+
+
+def naive_spots_per_s(adata: object, model: object, n: int) -> float:
+    """The squidpy ``generate_spot_crops`` way: whole image in memory, one spot at a time, fp32."""
+    import cv2
+    import tifffile
+    import torch
+
+    from kgl.im import spot_sets
+
+    spots = spot_sets(adata)[0]
+    cfg = model.config
+    t0 = time.perf_counter()
+    img = tifffile.imread(spots.image.path)  # the whole full-res image
+    side = cfg["patch_um"] / spots.mpp
+    mean = torch.tensor(cfg["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(cfg["std"]).view(1, 3, 1, 1)
+    model = model.eval()
+    with torch.inference_mode():
+        for x, y in spots.centers[:n]:
+            x0, y0 = round(x - side / 2), round(y - side / 2)
+            crop = img[max(y0, 0) : y0 + round(side), max(x0, 0) : x0 + round(side)]
+            crop = cv2.resize(crop, (cfg["input_size"], cfg["input_size"]), interpolation=cv2.INTER_AREA)
+            t = torch.from_numpy(crop).permute(2, 0, 1)[None].float() / 255.0
+            model((t - mean) / std)
+    return n / (time.perf_counter() - t0)
+
+
+def timed_stages(adata: object, model: object, n_batches: int = 4, batch_size: int = 64) -> dict[str, float]:
+    """Seconds per spot in each stage of kgl's path, measured separately on the same spots."""
+    import torch
+
+    from kgl.im import SpotPatchDataset, spot_sets
+    from kgl.tl._device import autocast_dtype
+
+    spots = spot_sets(adata)[0]
+    cfg = model.config
+    ds = SpotPatchDataset(spots, patch_um=cfg["patch_um"], size=cfg["input_size"])
+    n = min(len(ds), n_batches * batch_size)
+    lv = spots.image.levels[ds.level]
+    t = time.perf_counter()
+    for i in range(n):  # read only (decode the tiles the patch touches)
+        c = spots.centers[i]
+        half = ds.size_px / lv.downsample / 2
+        u, v = c[0] / lv.downsample, c[1] / lv.downsample
+        spots.image._read_block(ds.level, max(0, int(v - half)), int(v + half), max(0, int(u - half)), int(u + half))
+    read = (time.perf_counter() - t) / n
+    t = time.perf_counter()
+    patches = np.stack([ds[i][0] for i in range(n)])
+    read_resample = (time.perf_counter() - t) / n
+    x = torch.from_numpy(patches)
+    amp = autocast_dtype(torch.device("cpu"))
+    mean = torch.tensor(cfg["mean"]).view(1, 3, 1, 1) * 255
+    std = torch.tensor(cfg["std"]).view(1, 3, 1, 1) * 255
+    model = model.eval().to(memory_format=torch.channels_last)
+    t = time.perf_counter()
+    xs = [
+        ((x[i : i + batch_size].permute(0, 3, 1, 2).float() - mean) / std).contiguous(memory_format=torch.channels_last)
+        for i in range(0, n, batch_size)
+    ]
+    transfer = (time.perf_counter() - t) / n
+    with torch.inference_mode(), torch.autocast("cpu", dtype=amp or torch.float32, enabled=amp is not None):
+        model(xs[0])
+        t = time.perf_counter()
+        for xb in xs:
+            model(xb)
+        forward = (time.perf_counter() - t) / n
+    return {"read": read, "crop/resample": read_resample - read, "transfer/normalise": transfer, "forward": forward}
+
+
+def classify_run(adata: object, model: object) -> tuple[float, float]:
+    """spots/s of kgl.tl.classify_spots end to end (image opened lazily from the TIFF), and write time."""
+    import kgl
+
+    t = time.perf_counter()
+    kgl.tl.classify_spots(adata, model, show_progress=False)
+    return adata.n_obs / (time.perf_counter() - t), 0.0
+
+
+def _rss_child(h5ad: str, model: str) -> None:
+    """Subprocess: classify from the lazy TIFF and report peak RSS (the parent's arrays don't count)."""
+    import anndata as ad
+
+    import kgl
+
+    adata = ad.read_h5ad(h5ad)
+    kgl.tl.classify_spots(adata, model, show_progress=False)
+    print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="~1,000 spots, < 2 minutes")
+    p.add_argument("--model", default="kgl-glom-v1", help="model to time (default: the trained kgl model)")
+    p.add_argument("--naive-spots", type=int, default=64, help="spots timed for the naive baseline")
+    p.add_argument("--_rss-child", nargs=2, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args._rss_child:
+        _rss_child(*args._rss_child)
+        return
+    import logging
+
+    import torch
+
+    import kgl
+
+    logging.getLogger("kgl").setLevel(logging.WARNING)
+    BENCH_DIR.mkdir(parents=True, exist_ok=True)
+    side = 6 if args.quick else 13  # 6x6 tiles of 512 µm: ~1,000 spots; 13x13: ~5,000 spots
+    t = time.perf_counter()
+    adata = _capture_area(side)
+    build_s = time.perf_counter() - t
+    h5 = BENCH_DIR / f"bench{side}.h5ad"
+    adata.write_h5ad(h5)
+    model = kgl.models.resolve_model(args.model)
+    cfg = model.config
+    rows: list[tuple[str, str]] = [
+        (
+            "machine",
+            f"{os.cpu_count()} CPU threads, torch {torch.__version__}, {torch.get_num_threads()} intra-op threads",
+        ),
+        (
+            "capture area",
+            f"{adata.n_obs} spots, {side}x{side} PAS tiles, full-res TIFF (jpeg, tiled pyramid), "
+            f"built in {build_s:.0f} s",
+        ),
+        (
+            "model",
+            f"{cfg.get('name', cfg['backbone'])} ({cfg['backbone']}), {cfg['patch_um']:g} µm -> {cfg['input_size']} px",
+        ),
+    ]
+    ours, _ = classify_run(adata.copy(), model)
+    naive = naive_spots_per_s(adata, kgl.models.resolve_model(args.model), args.naive_spots)
+    gf = model_gflops(kgl.models.resolve_model(args.model), cfg["input_size"])
+    peak_bf16, peak_fp32 = matmul_gflops("bf16"), matmul_gflops("fp32")
+    stages = timed_stages(adata, kgl.models.resolve_model(args.model))
+    model_only = 1.0 / stages["forward"]
+    roof = gf * model_only / peak_bf16
+    rows += [
+        ("classify_spots (kgl)", f"{ours:.1f} spots/s -> 5,000 spots in {5000 / ours:.0f} s"),
+        ("naive baseline", f"{naive:.1f} spots/s (whole image in memory, one spot at a time, fp32)"),
+        ("speedup vs naive", f"{ours / naive:.2f}x"),
+        ("model FLOPs", f"{gf:.2f} GFLOP/patch"),
+        ("matmul peak (measured)", f"bf16 {peak_bf16:.0f} GFLOP/s, fp32 {peak_fp32:.0f} GFLOP/s"),
+        ("model part", f"{model_only:.1f} patches/s = {gf * model_only:.0f} GFLOP/s = {100 * roof:.0f}% of bf16 peak"),
+        ("time split (ms/spot)", ", ".join(f"{k} {1e3 * v:.1f}" for k, v in stages.items())),
+    ]
+    out = subprocess.run(
+        [sys.executable, __file__, "--_rss-child", str(h5), args.model], capture_output=True, text=True, check=True
+    )
+    rss = json.loads(out.stdout.strip().splitlines()[-1])["peak_rss_mb"]
+    rows.append(("peak RSS (classify, own process)", f"{rss:.0f} MB"))
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+    print(f"speedup_vs_naive={ours / naive:.2f} roofline_fraction={roof:.2f} spots_per_s={ours:.1f}")
+
+
+if __name__ == "__main__":
+    main()
