@@ -19,7 +19,7 @@ from kgl._utils import (
 )
 from kgl.io._image import SlideImage
 
-__all__ = ["SpotPatchDataset", "SpotSet", "spot_image", "spot_patches", "spot_sets"]
+__all__ = ["SpotChunkDataset", "SpotPatchDataset", "SpotSet", "spot_image", "spot_patches", "spot_sets"]
 
 
 def spot_image(
@@ -200,6 +200,43 @@ class SpotPatchDataset:
         x, y = self.spots.centers[i]
         return self.spots.image.read_region((x, y), self.size_px, self.size, level=self.level, fill=self.fill)
 
+    def chunks(self, chunk_size: int) -> list[np.ndarray]:
+        """Spatially compact groups of at most ``chunk_size`` spot positions.
+
+        Spots are ordered along bands two patches high (serpentine), so each group's patches
+        overlap and :meth:`read_chunk` decodes the image under them about once.
+        """
+        c = self.spots.centers
+        band = np.floor(c[:, 1] / (2.0 * max(self.size_px, 1.0))).astype(np.int64)
+        x = np.where(band % 2 == 0, c[:, 0], -c[:, 0])
+        order = np.lexsort((x, band))
+        return [order[i : i + chunk_size] for i in range(0, len(order), chunk_size)]
+
+    def read_chunk(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Patches ``(k, size, size, 3)`` and in-image fractions of the spots ``idx``, reading their region once."""
+        return self.spots.image.read_regions(
+            self.spots.centers[idx], self.size_px, self.size, level=self.level, fill=self.fill
+        )
+
+
+class SpotChunkDataset:
+    """Map-style dataset of spatially compact chunks of spots (for ``DataLoader(batch_size=None)``).
+
+    Item ``k`` is ``(spot positions, patches, inside)`` for chunk ``k`` of :meth:`SpotPatchDataset.chunks`.
+    """
+
+    def __init__(self, dataset: SpotPatchDataset, chunk_size: int) -> None:
+        self.dataset = dataset
+        self.chunks = dataset.chunks(chunk_size)
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def __getitem__(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        idx = self.chunks[k]
+        patches, inside = self.dataset.read_chunk(idx)
+        return idx, patches, inside
+
 
 def spot_patches(
     adata: Any,
@@ -247,9 +284,6 @@ def spot_patches(
     ):
         ds = SpotPatchDataset(spots, patch_um=patch_um, size=size)
         for start in range(0, len(ds), batch_size):
-            items = [ds[i] for i in range(start, min(start + batch_size, len(ds)))]
-            yield (
-                spots.index[start : start + len(items)],
-                np.stack([p for p, _ in items]),
-                np.asarray([f for _, f in items], dtype=np.float32),
-            )
+            idx = np.arange(start, min(start + batch_size, len(ds)))
+            patches, inside = ds.read_chunk(idx)
+            yield spots.index[idx], patches, inside

@@ -240,26 +240,72 @@ class SlideImage:
         inside the image.
 
         """
-        if level is None:
-            level = self.select_level(size / out_size)
-        lv = self.levels[level]
-        d = lv.downsample
+        patches, inside = self.read_regions([center], size, out_size, level=level, fill=fill)
+        return patches[0], float(inside[0])
+
+    def _window(self, center: tuple[float, float], size: float, level: int) -> tuple[int, int, int]:
+        """Integer window ``(x0, y0, n)`` of level pixels whose centre is nearest to ``center``."""
+        d = self.levels[level].downsample
         # continuous level coordinates of the centre (pixel centres at integers in both frames)
         u = (center[0] + 0.5) / d - 0.5
         v = (center[1] + 0.5) / d - 0.5
         n = max(1, round(size / d))
-        x0 = round(u - (n - 1) / 2)
-        y0 = round(v - (n - 1) / 2)
-        h, w = lv.shape
-        xa, xb = max(x0, 0), min(x0 + n, w)
-        ya, yb = max(y0, 0), min(y0 + n, h)
-        window = np.full((n, n, 3), fill, dtype=np.uint8)
-        inside = 0.0
+        return round(u - (n - 1) / 2), round(v - (n - 1) / 2), n
+
+    def read_regions(
+        self,
+        centers: Sequence[tuple[float, float]] | np.ndarray,
+        size: float,
+        out_size: int,
+        *,
+        level: int | None = None,
+        fill: int = 255,
+        max_pixels: int = 2**25,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`read_region` for many nearby centres, decoding their common bounding box once.
+
+        Neighbouring Visium patches overlap and share image tiles; reading the union once (when it
+        is at most ``max_pixels`` level pixels, else window by window) avoids decoding each tile
+        for every spot. Results are identical to calling :meth:`read_region` per centre.
+
+        Returns
+        -------
+        ``uint8`` patches ``(k, out_size, out_size, 3)`` and the fraction of each square inside the image.
+
+        """
+        if level is None:
+            level = self.select_level(size / out_size)
+        h, w = self.levels[level].shape
+        wins = [self._window(c, size, level) for c in centers]
+        out = np.empty((len(wins), out_size, out_size, 3), dtype=np.uint8)
+        inside = np.zeros(len(wins), dtype=np.float32)
+        if not wins:
+            return out, inside
+        bx0, by0 = min(x for x, _, _ in wins), min(y for _, y, _ in wins)
+        bx1, by1 = max(x + n for x, _, n in wins), max(y + n for _, y, n in wins)
+        canvas = None
+        if (bx1 - bx0) * (by1 - by0) <= max_pixels:
+            canvas = self._read_padded(level, bx0, by0, bx1, by1, fill)
+        for i, (x0, y0, n) in enumerate(wins):
+            if canvas is None:
+                window = self._read_padded(level, x0, y0, x0 + n, y0 + n, fill)
+            else:
+                window = canvas[y0 - by0 : y0 - by0 + n, x0 - bx0 : x0 - bx0 + n]
+            out[i] = resize_square(np.ascontiguousarray(window), out_size)
+            ov_x = max(0, min(x0 + n, w) - max(x0, 0))
+            ov_y = max(0, min(y0 + n, h) - max(y0, 0))
+            inside[i] = ov_x * ov_y / float(n * n)
+        return out, inside
+
+    def _read_padded(self, level: int, x0: int, y0: int, x1: int, y1: int, fill: int) -> np.ndarray:
+        """RGB ``uint8`` pixels of ``[y0:y1, x0:x1]`` at ``level``; outside the image is ``fill``."""
+        h, w = self.levels[level].shape
+        out = np.full((y1 - y0, x1 - x0, 3), fill, dtype=np.uint8)
+        xa, xb, ya, yb = max(x0, 0), min(x1, w), max(y0, 0), min(y1, h)
         if xa < xb and ya < yb:
             block = self._read_block(level, ya, yb, xa, xb)
-            window[ya - y0 : yb - y0, xa - x0 : xb - x0] = to_rgb_uint8(block, self.mode, fill=fill)
-            inside = (xb - xa) * (yb - ya) / float(n * n)
-        return resize_square(window, out_size), inside
+            out[ya - y0 : yb - y0, xa - x0 : xb - x0] = to_rgb_uint8(block, self.mode, fill=fill)
+        return out
 
     def _read_block(self, level: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         return np.asarray(self.levels[level].array[y0:y1, x0:x1])
