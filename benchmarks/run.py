@@ -155,6 +155,31 @@ def classify_run(adata: object, model: object) -> tuple[float, float]:
     return adata.n_obs / (time.perf_counter() - t), 0.0
 
 
+def train_patches_per_s(n_batches: int = 6) -> tuple[float, float]:
+    """Training throughput of the default recipe (fine-tuning epoch, real multistain patches): patches/s, s/epoch."""
+    import kgl
+
+    rec = kgl.tl.DEFAULT_RECIPE
+    slides = kgl.datasets.multistain_slides()
+    patches = kgl.im.sample_patches(slides, patch_um=rec["patch_um"], seed=0)
+    patches["split"] = kgl.tl.split_by_group(patches, stratify_key="stain", seed=0).to_numpy()
+    n_train = int((patches["split"] == "train").sum())
+    res = kgl.tl.train(
+        patches[patches["split"] != "test"],
+        backbone=rec["backbone"],
+        weights=rec["weights"],
+        input_size=rec["input_size"],
+        batch_size=rec["batch_size"],
+        epochs=1,
+        freeze_epochs=0,
+        max_batches_per_epoch=n_batches,
+        show_progress=False,
+        augment=rec["augment"],
+    )
+    pps = float(res.history["patches_per_s"].iloc[0])
+    return pps, n_train / pps
+
+
 def _rss_child(h5ad: str, model: str) -> None:
     """Subprocess: classify from the lazy TIFF and report peak RSS (the parent's arrays don't count)."""
     import anndata as ad
@@ -223,6 +248,8 @@ def main() -> None:
         ("model part", f"{model_only:.1f} patches/s = {gf * model_only:.0f} GFLOP/s = {100 * roof:.0f}% of bf16 peak"),
         ("time split (ms/spot)", ", ".join(f"{k} {1e3 * v:.1f}" for k, v in stages.items())),
     ]
+    pps, s_epoch = train_patches_per_s()
+    rows.append(("training (default recipe)", f"{pps:.1f} patches/s fine-tuning -> {s_epoch:.0f} s/epoch"))
     out = subprocess.run(
         [sys.executable, __file__, "--_rss-child", str(h5), args.model], capture_output=True, text=True, check=True
     )
