@@ -126,6 +126,22 @@ def _write(data: Any, out: Path) -> None:
         data.write_h5ad(tmp)
 
 
+def _check_out(inp: Path, out: Path) -> None:
+    """Fail before any work when the output cannot be written (kind, folder, permissions)."""
+    from kgl._utils import ensure_dir
+
+    if out.resolve() == inp.resolve():
+        raise SystemExit("kgl: error: --out must differ from the input (kgl never overwrites your data).")
+    want = ".zarr" if inp.suffix == ".zarr" else ".h5ad"
+    if out.suffix != want:
+        raise SystemExit(
+            f"kgl: error: --out must end in {want} for {'SpatialData' if want == '.zarr' else 'AnnData'} output."
+        )
+    if out.is_dir() and want == ".h5ad":
+        raise SystemExit(f"kgl: error: --out {str(out)!r} is an existing folder; give a file name ending in .h5ad.")
+    ensure_dir(out.parent, what=f"output {out.name!r}", create=False)
+
+
 def _classify_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "model": args.model,
@@ -155,8 +171,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     import kgl
 
     inp, out = Path(args.input), Path(args.out)
-    if out.resolve() == inp.resolve():
-        raise SystemExit("kgl: error: --out must differ from the input (kgl never overwrites your data).")
+    _check_out(inp, out)
     data = _read_input(inp, args.fullres_image)
     t0 = time.perf_counter()
     kgl.tl.classify_spots(data, library_id=args.library_id, img_key=args.img_key, **_classify_kwargs(args))
@@ -234,7 +249,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     import kgl
 
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    from kgl._utils import ensure_dir
+
+    ensure_dir(out, what="demo outputs")
     if args.model in kgl.models.REGISTRY:
         try:
             kgl.models.fetch_model(args.model)
@@ -283,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return {"classify": _cmd_classify, "train": _cmd_train, "demo": _cmd_demo}[args.command](args)
-    except (ValueError, KeyError, FileNotFoundError, RuntimeError) as e:
+    except (ValueError, KeyError, OSError, RuntimeError) as e:  # OSError: missing/unwritable paths, network
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         print(f"kgl: error: {msg}", file=sys.stderr)
         return 2

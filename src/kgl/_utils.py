@@ -68,6 +68,38 @@ def library_mask(
     return (adata.obs[library_key].astype(str) == str(library_id)).to_numpy()
 
 
+def check_spot_diameter(sf: Any, where: str) -> float:
+    """``sf["spot_diameter_fullres"]`` as a positive float; a clear :class:`ValueError` otherwise."""
+    if not isinstance(sf, dict):
+        raise ValueError(
+            f"The scalefactors of {where} must be a dict (scalefactors_json.json), got {type(sf).__name__}."
+        )
+    d = sf.get("spot_diameter_fullres")
+    if d is None:
+        raise ValueError(
+            f"The scalefactors of {where} have no 'spot_diameter_fullres' (keys: {sorted(sf)}); kgl needs it to "
+            "convert pixels to µm. Copy it from Space Ranger's spatial/scalefactors_json.json (kgl.io.read_visium "
+            "reads it)."
+        )
+    try:
+        value = float(d)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not np.isfinite(value) or value <= 0:
+        raise ValueError(
+            f"scalefactors['spot_diameter_fullres'] of {where} is {d!r}; it must be a positive number (Space Ranger's "
+            "theoretical 65-µm spot diameter in full-resolution pixels, from scalefactors_json.json)."
+        )
+    return value
+
+
+def _as_float(v: Any) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return float("nan")  # reported by whoever needs this entry (e.g. an invalid tissue_hires_scalef)
+
+
 def scalefactors(adata: Any, library_id: str, spatial_key: str = "spatial") -> dict[str, float]:
     """The library's Space Ranger scalefactors; checks ``spot_diameter_fullres``."""
     lib = _spatial_uns(adata, spatial_key)[library_id]
@@ -77,14 +109,8 @@ def scalefactors(adata: Any, library_id: str, spatial_key: str = "spatial") -> d
             f"adata.uns[{spatial_key!r}][{library_id!r}] has no 'scalefactors' (keys: {sorted(lib)}); "
             "it needs at least 'spot_diameter_fullres'."
         )
-    d = sf.get("spot_diameter_fullres")
-    if d is None or not np.isfinite(float(d)) or float(d) <= 0:
-        raise ValueError(
-            f"scalefactors['spot_diameter_fullres'] of library {library_id!r} is {d!r}; it must be a positive "
-            "number (Space Ranger's theoretical 65-µm spot diameter in full-resolution pixels, from "
-            "scalefactors_json.json)."
-        )
-    return {k: float(v) for k, v in sf.items() if np.isscalar(v)}
+    check_spot_diameter(sf, f"library {library_id!r}")
+    return {k: _as_float(v) for k, v in sf.items() if np.isscalar(v)}
 
 
 def mpp_from_scalefactors(sf: dict[str, float]) -> float:
@@ -99,7 +125,7 @@ def check_mpp_agreement(mpp_spot: float, mpp_meta: float | None, *, source: str,
     rel = abs(mpp_meta - mpp_spot) / mpp_spot
     if rel > tol:
         logger.warning(
-            "µm/px disagreement for %s: image metadata says %.4g µm/px, spot_diameter_fullres (55 µm) implies "
+            "µm/px disagreement for %s: image metadata says %.4g µm/px, spot_diameter_fullres (65-µm spot) implies "
             "%.4g µm/px (%.0f%% apart). Using the scalefactors; check that the image and scalefactors belong "
             "together.",
             source,
@@ -111,11 +137,60 @@ def check_mpp_agreement(mpp_spot: float, mpp_meta: float | None, *, source: str,
     return True
 
 
+def ensure_dir(folder: str | os.PathLike, *, what: str = "output", create: bool = True) -> Path:
+    """Create ``folder`` (and parents) for writing, with errors that say what is in the way.
+
+    With ``create=False`` only check that it could be created and written (fail early, before
+    any work, without leaving an empty folder behind when the work fails).
+    """
+    folder = Path(folder)
+    try:
+        existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+        is_file = existing is not None and not existing.is_dir()
+    except PermissionError as e:  # a parent folder cannot even be looked into
+        raise PermissionError(
+            f"Cannot write the {what} into {str(folder)!r}: no permission to access it. Choose a writable folder."
+        ) from e
+    if is_file:
+        raise NotADirectoryError(
+            f"Cannot write the {what} into {str(folder)!r}: {str(existing)!r} is a file, not a folder. "
+            "Choose another output path."
+        )
+    if not create:
+        if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+            raise PermissionError(
+                f"Cannot write the {what} into {str(folder)!r}: {str(existing)!r} is read-only. Choose a writable "
+                "folder."
+            )
+        return folder
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as e:  # raced with another writer
+        raise NotADirectoryError(
+            f"Cannot write the {what} into {str(folder)!r}: a file is in the way. Choose another output path."
+        ) from e
+    except PermissionError as e:
+        raise PermissionError(
+            f"Cannot write the {what} into {str(folder)!r}: no permission to create it. Choose a writable folder."
+        ) from e
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(
+            f"Cannot write the {what} into {str(folder)!r}: the folder is read-only. Choose a writable folder."
+        )
+    return folder
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary sibling path; rename it onto ``path`` only if the block succeeds."""
+    """Yield a temporary sibling path; rename it onto ``path`` only if the block succeeds.
+
+    A crash (or any exception) inside the block leaves a previous ``path`` untouched and removes
+    the temporary file; an unwritable destination fails before the block runs.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_dir(path.parent, what=f"file {path.name!r}")
+    if path.is_dir() and not path.is_symlink():
+        raise IsADirectoryError(f"Cannot write {str(path)!r}: it is an existing folder. Choose a file name.")
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         yield tmp

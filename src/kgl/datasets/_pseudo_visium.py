@@ -21,7 +21,7 @@ import pandas as pd
 
 from kgl._logging import logger
 from kgl._settings import settings
-from kgl._utils import SPOT_DIAMETER_FULLRES_UM, SPOT_DIAMETER_UM, SPOT_PITCH_UM
+from kgl._utils import SPOT_DIAMETER_FULLRES_UM, SPOT_DIAMETER_UM, SPOT_PITCH_UM, ensure_dir
 
 __all__ = ["pas_tiles_visium", "pseudo_visium"]
 
@@ -85,13 +85,29 @@ def _annotation_polygons(ann: Any, shape: tuple[int, int], i: int) -> list[Any]:
         )
     h, w = shape
     frame = shapely.box(-0.5, -0.5, w - 0.5, h - 0.5)
-    out = []
+    out, outside, n_in = [], [], 0
     for g in geoms:
         g = _polygonal_part(g if g.is_valid else shapely.make_valid(g))
-        if g is not None:
-            g = _polygonal_part(shapely.intersection(g, frame))
-        if g is not None:
-            out.extend(shapely.get_parts(g))
+        if g is None:
+            continue
+        clipped = _polygonal_part(shapely.intersection(g, frame))
+        if clipped is None:
+            outside.append(g)
+        else:
+            n_in += 1
+            out.extend(shapely.get_parts(clipped))
+    if outside:
+        b = ", ".join(f"{v:.0f}" for v in outside[0].bounds)
+        what = (
+            f"Annotation {i}: {len(outside)} of {len(outside) + n_in} polygon(s) lie entirely outside its image "
+            f"({w} x {h} px; e.g. bounds ({b}))"
+        )
+        if not out:
+            raise ValueError(
+                f"{what}: they belong to another image or are in another pixel scale. Give each image the "
+                "polygons in its own pixel frame (before resampling to target_mpp)."
+            )
+        logger.warning("%s; they are dropped.", what)
     return out
 
 
@@ -294,6 +310,8 @@ def pseudo_visium(
         raise ValueError(f"names has {len(names)} entries for {n} images.")
     if gap_um < 0:
         raise ValueError(f"gap_um must be >= 0, got {gap_um}.")
+    if fullres_path is not None:  # fail before the work, not after it
+        ensure_dir(Path(fullres_path).parent, what="full-resolution TIFF", create=False)
 
     tiles, tile_polys, tile_names = [], [], []
     for i, (image, ann) in enumerate(zip(images, annotations, strict=True)):

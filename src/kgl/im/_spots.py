@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from kgl._logging import logger
 from kgl._utils import (
     _spatial_uns,
     check_mpp_agreement,
@@ -147,6 +148,13 @@ def spot_sets(
         raise ValueError(f"adata.obsm[{spatial_key!r}] must be (n_spots, 2), got shape {coords.shape}.")
     if adata.n_obs == 0:
         raise ValueError("adata has no spots (n_obs == 0).")
+    if not adata.obs_names.is_unique:
+        dup = adata.obs_names[adata.obs_names.duplicated()]
+        raise ValueError(
+            f"adata.obs_names has {len(dup)} duplicate barcodes (e.g. {dup[0]!r}): results could not be joined back "
+            "to their spots. Call adata.obs_names_make_unique() first (or combine samples with "
+            "anndata.concat(..., index_unique='-'))."
+        )
     sets = []
     for lib in libs:
         mask = library_mask(adata, lib, all_libs, library_key)
@@ -171,6 +179,17 @@ def spot_sets(
             raise ValueError(
                 f"All {len(c)} spots of library {lib!r} lie outside its {key!r} image ({w}x{h} full-res px): the "
                 "scalefactors or coordinates do not belong to this image."
+            )
+        if off.mean() > 0.5:
+            logger.warning(
+                "%d of %d spots of library %r lie outside its %r image (%dx%d full-res px): check that the "
+                "scalefactors (spot_diameter_fullres, tissue_<img_key>_scalef) and coordinates belong to this image.",
+                int(off.sum()),
+                len(c),
+                lib,
+                key,
+                w,
+                h,
             )
         sets.append(SpotSet(lib, idx, c, image, key, mpp))
     return sets

@@ -487,7 +487,9 @@ def write_tiff_pyramid(
     import tifffile
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from kgl._utils import ensure_dir
+
+    ensure_dir(path.parent, what=f"file {path.name!r}")
     pyramid = [image]
     while min(pyramid[-1].shape[:2]) // 2 >= min_size:
         prev = pyramid[-1]

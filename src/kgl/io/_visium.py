@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from kgl._logging import logger
-from kgl._utils import check_mpp_agreement, mpp_from_scalefactors
+from kgl._utils import check_mpp_agreement, check_spot_diameter, mpp_from_scalefactors
 
 __all__ = ["read_visium"]
 
@@ -169,7 +169,11 @@ def read_visium(
     sf_file = spatial / "scalefactors_json.json"
     if not sf_file.exists():
         raise FileNotFoundError(f"{str(sf_file)!r} not found: kgl needs the scalefactors to convert pixels to µm.")
-    scalefactors = json.loads(sf_file.read_text())
+    try:
+        scalefactors = json.loads(sf_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{str(sf_file)!r} is not valid JSON ({e}); restore it from the Space Ranger output.") from e
+    check_spot_diameter(scalefactors, f"{str(sf_file)!r}")
     images: dict[str, np.ndarray] = {}
     if load_images:
         from PIL import Image
@@ -185,6 +189,12 @@ def read_visium(
 
         f = Path(fullres_image_file)
         f = f if f.is_absolute() else (root / f if (root / f).exists() else f)
+        if not f.is_file():
+            where = [f] if f.is_absolute() else [root / f, Path.cwd() / f]
+            raise FileNotFoundError(
+                f"fullres_image_file {str(fullres_image_file)!r} does not exist (looked at "
+                f"{', '.join(repr(str(w)) for w in where)}); pass the full-resolution image Space Ranger was run with."
+            )
         img = SlideImage.open(f)  # validates readability now, stays lazy
         metadata["source_image_path"] = str(f.resolve())
         check_mpp_agreement(mpp_from_scalefactors(scalefactors), img.mpp, source=f.name)

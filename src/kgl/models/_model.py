@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import pickle
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -178,6 +181,11 @@ def build_model(
     """
     import torchvision
 
+    if backbone not in _torchvision_models():
+        raise KeyError(
+            f"Unknown torchvision backbone {backbone!r}. Examples: resnet50, mobilenet_v2, efficientnet_b0, "
+            "convnext_tiny (torchvision.models.list_models())."
+        )
     if weights == "DEFAULT_KGL":
         weights = DEFAULT_WEIGHTS.get(backbone, "DEFAULT")
     w = _resolve_weights(backbone, weights)
@@ -185,7 +193,14 @@ def build_model(
     torch.manual_seed(seed)
     try:
         try:
-            net = torchvision.models.get_model(backbone, weights=w)
+            with _weights_only_loads():
+                net = torchvision.models.get_model(backbone, weights=w)
+        except pickle.UnpicklingError as e:
+            raise RuntimeError(
+                f"Refusing torchvision weights {w} for {backbone!r}: the cached file does not load with "
+                f"weights_only=True ({torch_error_summary(e)}). Delete it from $TORCH_HOME/hub/checkpoints/ "
+                "and let torchvision download it again."
+            ) from e
         except (OSError, RuntimeError) as e:  # URLError is an OSError; hash mismatch a RuntimeError
             home = os.environ.get("TORCH_HOME", "~/.cache/torch")
             raise RuntimeError(
@@ -218,6 +233,33 @@ def build_model(
     return model
 
 
+@contextlib.contextmanager
+def _weights_only_loads() -> Iterator[None]:
+    """Make torch.load use ``weights_only=True`` inside the block.
+
+    torchvision loads its ImageNet weights through ``torch.hub.load_state_dict_from_url``, which
+    calls ``torch.load(weights_only=False)``; its ``check_hash`` only checks files it downloads,
+    not one already in ``$TORCH_HOME``. ``TORCH_FORCE_WEIGHTS_ONLY_LOAD`` overrides the call site.
+    """
+    keys = ("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")
+    saved = {k: os.environ.pop(k, None) for k in keys}
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _torchvision_models() -> list[str]:
+    import torchvision
+
+    return torchvision.models.list_models(module=torchvision.models)
+
+
 def state_dict_sha256(model: nn.Module) -> str:
     """SHA-256 of the parameters and buffers (names, dtypes, shapes, bytes), independent of file format."""
     h = hashlib.sha256()
@@ -234,6 +276,12 @@ def save_checkpoint(model: GlomClassifier, path: str | os.PathLike) -> Path:
     """Save ``state_dict`` + JSON config in one file (atomically); load it with :func:`load_checkpoint`."""
     if not isinstance(model, GlomClassifier):
         raise TypeError(f"save_checkpoint expects a kgl GlomClassifier, got {type(model).__name__}.")
+    if model.config.get("backbone") not in _torchvision_models():
+        raise ValueError(
+            f"Cannot save a checkpoint of backbone {model.config.get('backbone')!r}: kgl checkpoints rebuild their "
+            "backbone by torchvision name, so only torchvision backbones (kgl.models.build_model) can be reloaded. "
+            "Save this model's state_dict with torch.save instead."
+        )
     path = Path(path)
     config = dict(model.config)
     config["sha256"] = state_dict_sha256(model)
@@ -254,17 +302,18 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: str | torch.device
     The backbone is rebuilt from the config without downloading weights, then the saved
     ``state_dict`` is loaded strictly.
     """
-    import pickle
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Checkpoint {str(path)!r} does not exist.")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
+    except PermissionError:
+        raise
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as e:  # OSError: truncated zip
         raise ValueError(
             f"Refusing to load {str(path)!r}: it is not a kgl checkpoint that loads with weights_only=True "
-            f"(pickled objects or a corrupt file). Re-save the model with kgl.models.save_checkpoint. ({e})"
+            f"(pickled objects or a corrupt file). Re-save the model with kgl.models.save_checkpoint. "
+            f"({torch_error_summary(e)})"
         ) from e
     if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
         raise ValueError(
@@ -273,30 +322,54 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: str | torch.device
         )
     if int(payload.get("version", 0)) > _VERSION:
         raise ValueError(f"{str(path)!r} was written by a newer kgl (checkpoint version {payload['version']}).")
-    config = json.loads(payload["config"])
-    sha = config.pop("sha256", None)
-    extra = {k: v for k, v in config.items() if k not in _BUILD_KEYS}
-    model = build_model(
-        config["backbone"],
-        weights=None,
-        class_names=tuple(config["class_names"]),
-        patch_um=config["patch_um"],
-        input_size=config["input_size"],
-        threshold=config["threshold"],
-        **extra,
-    )
+    try:
+        config = json.loads(payload["config"])
+        sha = config.pop("sha256", None)
+        extra = {k: v for k, v in config.items() if k not in _BUILD_KEYS}
+        model = build_model(
+            config["backbone"],
+            weights=None,
+            class_names=tuple(config["class_names"]),
+            patch_um=config["patch_um"],
+            input_size=config["input_size"],
+            threshold=config["threshold"],
+            **extra,
+        )
+    except (KeyError, TypeError, ValueError) as e:  # json.JSONDecodeError is a ValueError
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        raise ValueError(
+            f"Checkpoint {str(path)!r} has an unusable config ({type(e).__name__}: {msg}); re-save the model with "
+            "kgl.models.save_checkpoint."
+        ) from e
     model.config.update(config)
     try:
         model.load_state_dict(payload["state_dict"], strict=True)
     except RuntimeError as e:
         raise ValueError(
             f"Checkpoint {str(path)!r} does not match its declared backbone {config['backbone']!r} with "
-            f"{len(config['class_names'])} classes: {str(e).splitlines()[0]}"
+            f"{len(config['class_names'])} classes ({torch_error_summary(e)}); it was edited or written by other "
+            "code. Re-save the model with kgl.models.save_checkpoint."
         ) from e
     if sha is not None and state_dict_sha256(model) != sha:
         raise ValueError(f"Checkpoint {str(path)!r} is corrupt: its parameters do not match the recorded sha256.")
     logger.debug("loaded %s (%s)", path, config["backbone"])
     return model
+
+
+def torch_error_summary(e: BaseException) -> str:
+    """One informative line of a torch load error (its detail, without torch's advice to load unsafely)."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+    m = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if m:
+        pick = m.group(1).strip()
+    elif len(lines) > 1 and lines[0].startswith("Error(s) in loading"):  # load_state_dict: details follow
+        pick = lines[1]
+    else:
+        pick = lines[0] if lines else ""
+    return f"{type(e).__name__}: {pick[:300]}"
 
 
 _BUILD_KEYS = {"backbone", "weights", "class_names", "patch_um", "input_size", "threshold", "num_features"}

@@ -282,6 +282,7 @@ def train(
     from tqdm.auto import tqdm
 
     from kgl.models import build_model, save_checkpoint
+    from kgl.models._model import torch_error_summary
     from kgl.tl._device import autocast_dtype, resolve_device
     from kgl.tl._evaluate import choose_threshold, evaluate
 
@@ -308,7 +309,9 @@ def train(
     amp = autocast_dtype(dev, precision)
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
+        from kgl._utils import ensure_dir
+
+        ensure_dir(out, what="training outputs")
 
     torch.manual_seed(seed)
     model = build_model(backbone, weights=weights, patch_um=patch_um, input_size=input_size, seed=seed)
@@ -365,19 +368,38 @@ def train(
     if resume:
         if out is None or not (out / "last.pt").exists():
             raise FileNotFoundError(
-                f"resume=True but there is no {str(out / 'last.pt') if out else 'out_dir'} to resume from."
+                f"resume=True but there is no {str(out / 'last.pt') if out else 'out_dir'} to resume from; pass the "
+                "out_dir of the interrupted run, or start afresh without resume=True."
             )
-        state = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        gen.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        history = json.loads(state["history"])
-        start_epoch = int(state["epoch"]) + 1
-        best_epoch, bad_epochs = int(state["best_epoch"]), int(state["bad_epochs"])
-        best_key = tuple(state["best_key"].tolist())
-        best_state = state.get("best_model")
+        import pickle
+
+        last = out / "last.pt"
+        try:
+            state = torch.load(last, map_location="cpu", weights_only=True)
+        except PermissionError:
+            raise
+        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as e:  # OSError: truncated
+            raise ValueError(
+                f"Cannot resume from {str(last)!r}: it does not load with weights_only=True (corrupt, or not written "
+                f"by kgl.tl.train). Delete it to start afresh, or use another out_dir. ({torch_error_summary(e)})"
+            ) from e
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            gen.set_state(state["generator"])
+            torch.set_rng_state(state["torch_rng"])
+            history = json.loads(state["history"])
+            start_epoch = int(state["epoch"]) + 1
+            best_epoch, bad_epochs = int(state["best_epoch"]), int(state["bad_epochs"])
+            best_key = tuple(state["best_key"].tolist())
+            best_state = state.get("best_model")
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise ValueError(
+                f"Cannot resume from {str(last)!r}: it belongs to a run with other settings (backbone, input size, "
+                f"epochs, ...) or is incomplete ({torch_error_summary(e)}). Resume with the arguments of the "
+                "interrupted run, or use another out_dir."
+            ) from e
         logger.info("resuming %s from epoch %d", out / "last.pt", start_epoch)
 
     t_start = time.perf_counter()
