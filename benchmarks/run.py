@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -188,7 +187,11 @@ def _rss_child(h5ad: str, model: str) -> None:
 
     adata = ad.read_h5ad(h5ad)
     kgl.tl.classify_spots(adata, model, show_progress=False)
-    print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    # VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss over exec from the forking parent
+    hwm = next(
+        int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM:")
+    )
+    print(json.dumps({"peak_rss_mb": hwm / 1024}))
 
 
 def main() -> None:
