@@ -125,7 +125,7 @@ def timed_stages(adata: object, model: object, n_batches: int = 4, batch_size: i
     import torch
 
     from kgl.im import SpotPatchDataset, spot_sets
-    from kgl.tl._device import autocast_dtype
+    from kgl.tl._device import autocast_dtype, normalise_uint8, normaliser
 
     spots = spot_sets(adata)[0]
     cfg = model.config
@@ -144,14 +144,10 @@ def timed_stages(adata: object, model: object, n_batches: int = 4, batch_size: i
     read_resample = (time.perf_counter() - t) / n
     x = torch.from_numpy(patches)
     amp = autocast_dtype(torch.device("cpu"))
-    mean = torch.tensor(cfg["mean"]).view(1, 3, 1, 1) * 255
-    std = torch.tensor(cfg["std"]).view(1, 3, 1, 1) * 255
+    mean, std = normaliser(cfg, torch.device("cpu"))
     model = model.eval().to(memory_format=torch.channels_last)
     t = time.perf_counter()
-    xs = [
-        ((x[i : i + batch_size].permute(0, 3, 1, 2).float() - mean) / std).contiguous(memory_format=torch.channels_last)
-        for i in range(0, n, batch_size)
-    ]
+    xs = [normalise_uint8(x[i : i + batch_size], mean, std) for i in range(0, n, batch_size)]
     transfer = (time.perf_counter() - t) / n
     with torch.inference_mode(), torch.autocast("cpu", dtype=amp or torch.float32, enabled=amp is not None):
         model(xs[0])
@@ -159,7 +155,12 @@ def timed_stages(adata: object, model: object, n_batches: int = 4, batch_size: i
         for xb in xs:
             model(xb)
         forward = (time.perf_counter() - t) / n
-    return {"read": read, "crop/resample": read_resample - read, "transfer/normalise": transfer, "forward": forward}
+    return {
+        "read": read,
+        "crop/resample": max(0.0, read_resample - read),
+        "transfer/normalise": transfer,
+        "forward": forward,
+    }
 
 
 def classify_run(adata: object, model: object) -> tuple[float, float]:

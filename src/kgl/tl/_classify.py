@@ -73,10 +73,10 @@ def _predict(
     from tqdm.auto import tqdm
 
     from kgl.im import SpotChunkDataset
+    from kgl.tl._device import normalise_uint8, normaliser
 
     cfg = model.config
-    mean = torch.tensor(cfg["mean"], device=device).view(1, 3, 1, 1) * 255.0
-    std = torch.tensor(cfg["std"], device=device).view(1, 3, 1, 1) * 255.0
+    mean, std = normaliser(cfg, device)
     pos = cfg["class_names"].index(cfg.get("positive_class", cfg["class_names"][-1]))
     # calibration fitted on validation data (kgl.tl.train): p = sigmoid((l_pos - l_neg) / T + b)
     if len(cfg["class_names"]) != 2:
@@ -84,7 +84,6 @@ def _predict(
     temperature = float(cfg.get("temperature", 1.0))
     logit_bias = float(cfg.get("logit_bias", 0.0))
     greyscale = bool(cfg.get("greyscale", False)) or cfg.get("training", {}).get("recipe", {}).get("augment") == "grey"
-    grey_w = torch.tensor([0.299, 0.587, 0.114], device=device).view(1, 3, 1, 1)  # as albumentations ToGray
     # spatially compact chunks of spots: each chunk's image region is decoded once (kgl.im.SpotChunkDataset)
     chunks = SpotChunkDataset(dataset, batch_size)
     if num_workers > 0:
@@ -102,11 +101,7 @@ def _predict(
             x = torch.as_tensor(x)
             if device.type == "cuda" and num_workers == 0:
                 x = x.pin_memory()
-            # uint8 NHWC goes over the bus (4x less than float); normalise on the device
-            x = x.to(device, non_blocking=True).permute(0, 3, 1, 2).float()
-            if greyscale:  # a morphology-only model was trained on grey patches
-                x = (x * grey_w).sum(dim=1, keepdim=True).round().expand(-1, 3, -1, -1)
-            x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+            x = normalise_uint8(x.to(device, non_blocking=True), mean, std, greyscale=greyscale)
             emb = model.forward_features(x)
             logits = model.head(emb)
             idx = np.asarray(idx)

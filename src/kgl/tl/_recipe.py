@@ -42,7 +42,7 @@ def evaluate_patches(
     import torch
     from torch.utils.data import DataLoader
 
-    from kgl.tl._device import autocast_dtype, resolve_device
+    from kgl.tl._device import autocast_dtype, normaliser, resolve_device
     from kgl.tl._train import PatchDataset, _collate, _run_eval, calibrated_proba
 
     dev = resolve_device(device)
@@ -56,8 +56,7 @@ def evaluate_patches(
     )
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=_collate)
     model = model.to(dev, memory_format=torch.channels_last)
-    mean = torch.tensor(cfg["mean"], device=dev).view(1, 3, 1, 1) * 255.0
-    std = torch.tensor(cfg["std"], device=dev).view(1, 3, 1, 1) * 255.0
+    mean, std = normaliser(cfg, dev)
     logits, labels = _run_eval(model, loader, device=dev, amp=amp, mean=mean, std=std)
     model.cpu()
     calib = {"temperature": float(cfg.get("temperature", 1.0)), "logit_bias": float(cfg.get("logit_bias", 0.0))}

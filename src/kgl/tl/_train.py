@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from kgl._logging import logger
+from kgl.tl._device import normalise_uint8, normaliser
 
 __all__ = [
     "AUGMENTATIONS",
@@ -143,13 +144,6 @@ class TrainResult:
     step_loss: np.ndarray = field(default_factory=lambda: np.empty(0), repr=False)
 
 
-def _normalise(x: Any, mean: Any, std: Any) -> Any:
-    import torch
-
-    x = x.permute(0, 3, 1, 2).float()
-    return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
-
-
 def _run_eval(model: Any, loader: Any, *, device: Any, amp: Any, mean: Any, std: Any) -> tuple[np.ndarray, np.ndarray]:
     """Logits and labels over a loader (eval mode, no grad)."""
     import torch
@@ -158,7 +152,7 @@ def _run_eval(model: Any, loader: Any, *, device: Any, amp: Any, mean: Any, std:
     logits, labels = [], []
     with torch.inference_mode(), torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
         for x, y in loader:
-            x = _normalise(x.to(device, non_blocking=True), mean, std)
+            x = normalise_uint8(x.to(device, non_blocking=True), mean, std)
             logits.append(model(x).float().cpu())
             labels.append(y)
     return torch.cat(logits).numpy(), torch.cat(labels).numpy()
@@ -319,8 +313,7 @@ def train(
     nn.init.zeros_(model.head.bias)
     model = model.to(dev, memory_format=torch.channels_last)
     cfg = model.config
-    mean = torch.tensor(cfg["mean"], device=dev).view(1, 3, 1, 1) * 255.0
-    std = torch.tensor(cfg["std"], device=dev).view(1, 3, 1, 1) * 255.0
+    mean, std = normaliser(cfg, dev)
 
     train_ds = PatchDataset(tr, size=input_size, augment=augment, train=True, scale_jitter=scale_jitter, seed=seed)
     val_ds = PatchDataset(va, size=input_size, augment=augment, train=False, seed=seed)
@@ -424,7 +417,7 @@ def train(
         for b, (x, y) in enumerate(bar):
             if b >= steps:
                 break
-            x = _normalise(x.to(dev, non_blocking=True), mean, std)
+            x = normalise_uint8(x.to(dev, non_blocking=True), mean, std)
             y = y.to(dev, non_blocking=True)
             with torch.autocast(dev.type, dtype=amp or torch.float32, enabled=amp is not None):
                 logits = model(x)
