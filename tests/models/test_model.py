@@ -125,3 +125,75 @@ def test_sha256_changes_with_weights():
     assert state_dict_sha256(a) != state_dict_sha256(b)
     assert state_dict_sha256(a) == state_dict_sha256(tiny_cnn(seed=0))
     assert np.all(np.isfinite([0]))
+
+
+def _bn_net(seed: int = 0):
+    """A small conv-BN-ReLU GlomClassifier whose BatchNorm statistics are not the identity."""
+    torch.manual_seed(seed)
+    backbone = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1, bias=False),
+        torch.nn.BatchNorm2d(8),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+    )
+    bn = backbone[1]
+    bn.running_mean.uniform_(-1, 1)
+    bn.running_var.uniform_(0.5, 2)
+    torch.nn.init.normal_(bn.weight)
+    return kgl.models.GlomClassifier(backbone, 8, kgl.models.model_config("bn_net", input_size=16)).eval()
+
+
+def test_fold_batchnorm_same_outputs_and_leaves_model_alone():
+    model = _bn_net()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    folded = kgl.models.fold_batchnorm(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, before[k])
+    x = torch.randn(4, 3, 16, 16)
+    with torch.inference_mode():
+        torch.testing.assert_close(folded.forward_features(x), model.forward_features(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(folded(x), model(x), rtol=1e-5, atol=1e-5)
+    assert folded.config == model.config
+
+
+def test_fold_batchnorm_torchvision_backbone():
+    model = kgl.models.build_model("mobilenet_v2", weights=None, input_size=64).eval()
+    folded = kgl.models.fold_batchnorm(model)
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules()) == 0
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        torch.testing.assert_close(folded(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+def test_fold_batchnorm_keeps_hooked_backbones():
+    model = _bn_net()
+    seen = []
+    model.backbone[0].register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    folded = kgl.models.fold_batchnorm(model)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    with torch.inference_mode():
+        folded(torch.randn(1, 3, 16, 16))
+    assert seen == [torch.Size([1, 8, 16, 16])]
+
+
+class _DataDependent(torch.nn.Module):
+    """Control flow on tensor values: torch.fx cannot trace it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn, self.pool = torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, x):
+        x = self.bn(self.conv(x))
+        return self.pool(x if x.sum() > 0 else -x)
+
+
+def test_fold_batchnorm_untraceable_backbone_is_copied_unfolded():
+    model = kgl.models.GlomClassifier(_DataDependent(), 4, kgl.models.model_config("dd", input_size=16)).eval()
+    folded = kgl.models.fold_batchnorm(model)
+    assert folded is not model and isinstance(folded.backbone.bn, torch.nn.BatchNorm2d)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.inference_mode():
+        torch.testing.assert_close(folded(x), model(x))

@@ -231,7 +231,7 @@ def classify_spots(
 
     from kgl import __version__
     from kgl.im._spots import SpotPatchDataset, _check_patch_args, spot_sets
-    from kgl.models import resolve_model, state_dict_sha256
+    from kgl.models import fold_batchnorm, resolve_model, state_dict_sha256
     from kgl.tl._device import autocast_dtype, resolve_device
 
     if int(batch_size) != batch_size or batch_size < 1:
@@ -254,7 +254,9 @@ def classify_spots(
         raise ValueError(f"uncertain must be a (low, high) band inside [0, 1], got {uncertain!r}.")
     sets = spot_sets(adata, library_id=library_id, img_key=img_key, spatial_key=spatial_key, library_key=library_key)
 
-    net = net.eval().to(dev, memory_format=torch.channels_last)
+    model_sha256 = state_dict_sha256(net)
+    # a folded copy: the caller's model keeps its BatchNorm layers, device and mode
+    net = fold_batchnorm(net).to(dev, memory_format=torch.channels_last)
     n = adata.n_obs
     proba = np.full(n, np.nan, dtype=np.float32)
     inside = np.full(n, np.nan, dtype=np.float32)
@@ -302,7 +304,7 @@ def classify_spots(
         "backbone": cfg["backbone"],
         "weights": cfg.get("weights") or "none",
         "head_trained": bool(cfg.get("head_trained", True)),
-        "model_sha256": state_dict_sha256(net),
+        "model_sha256": model_sha256,
         "patch_um": patch_um,
         "input_size": input_size,
         "threshold": threshold,

@@ -148,12 +148,15 @@ def _run_eval(model: Any, loader: Any, *, device: Any, amp: Any, mean: Any, std:
     """Logits and labels over a loader (eval mode, no grad)."""
     import torch
 
+    from kgl.models import fold_batchnorm
+
     model.eval()
+    net = fold_batchnorm(model)  # the same folded network classify_spots runs
     logits, labels = [], []
     with torch.inference_mode(), torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
         for x, y in loader:
             x = normalise_uint8(x.to(device, non_blocking=True), mean, std)
-            logits.append(model(x).float().cpu())
+            logits.append(net(x).float().cpu())
             labels.append(y)
     return torch.cat(logits).numpy(), torch.cat(labels).numpy()
 
