@@ -210,3 +210,35 @@ def write_obs_key(adata: Any, key: str, values: Any) -> None:
     if key in adata.obs:
         logger.warning("adata.obs[%r] already exists and is overwritten.", key)
     adata.obs[key] = values
+
+
+def reviewed_labels(adata: Any, key: str = "glomerulus") -> Any:
+    """The labels downstream functions use: ``obs[f"{key}_reviewed"]`` where a reviewer set one, else ``obs[key]``.
+
+    Manual review (:func:`kgl.io.read_review`) writes ``obs[f"{key}_reviewed"]``, a categorical with
+    the same categories as ``obs[key]`` and missing values for spots nobody reviewed; reviewed
+    labels win. Returns a categorical :class:`~pandas.Series` indexed like ``adata.obs``.
+
+    Raises
+    ------
+    KeyError
+        ``obs[key]`` is missing (lists the categorical columns there are).
+    """
+    import pandas as pd
+
+    if key not in adata.obs:
+        cats = [c for c in adata.obs.columns if isinstance(adata.obs[c].dtype, pd.CategoricalDtype)]
+        raise KeyError(
+            f"adata.obs[{key!r}] not found: run kgl.tl.classify_spots(adata, key_added={key!r}) first, or pass "
+            f"key= one of the categorical columns {cats}."
+        )
+    labels = adata.obs[key]
+    if not isinstance(labels.dtype, pd.CategoricalDtype):
+        labels = labels.astype("category")
+    rkey = f"{key}_reviewed"
+    if rkey not in adata.obs:
+        return labels
+    reviewed = adata.obs[rkey].astype(object)
+    out = labels.astype(object).where(reviewed.isna(), reviewed)
+    cats = list(labels.cat.categories) + [c for c in pd.unique(reviewed.dropna()) if c not in labels.cat.categories]
+    return pd.Series(pd.Categorical(out, categories=cats), index=adata.obs.index, name=key)
