@@ -223,6 +223,7 @@ def reviewed_labels(adata: Any, key: str = "glomerulus") -> Any:
     ------
     KeyError
         ``obs[key]`` is missing (lists the categorical columns there are).
+
     """
     import pandas as pd
 

@@ -226,6 +226,8 @@ def pseudo_visium(
     hires_max_px: int = 2000,
     lowres_max_px: int = 600,
     compression: str | None = "zlib",
+    simulate_counts: bool = False,
+    counts_kwargs: dict[str, Any] | None = None,
 ) -> Any:
     """Build a semi-synthetic Visium sample from annotated histology images.
 
@@ -272,11 +274,19 @@ def pseudo_visium(
         Longest side of ``images["hires"]`` / ``images["lowres"]`` (never upsampled).
     compression
         TIFF compression (:func:`kgl.io.write_tiff_pyramid`).
+    simulate_counts
+        Attach simulated negative-binomial counts in which glomerular markers rise with coverage
+        and tubular markers fall (:func:`kgl.datasets.simulate_counts`), flagged as simulated in
+        ``uns["simulated_counts"]``; otherwise the sample has no genes.
+    counts_kwargs
+        Passed on to :func:`kgl.datasets.simulate_counts` (``species``, ``n_background``, ...);
+        its ``seed`` defaults to ``seed``.
 
     Returns
     -------
-    :class:`~anndata.AnnData` without genes, laid out as :func:`kgl.io.read_visium` returns it:
-    ``obsm["spatial"]`` (full-resolution ``x, y`` pixels), ``obs`` columns ``in_tissue`` (1),
+    :class:`~anndata.AnnData` without genes (unless ``simulate_counts``), laid out as
+    :func:`kgl.io.read_visium` returns it: ``obsm["spatial"]`` (full-resolution ``x, y`` pixels),
+    ``obs`` columns ``in_tissue`` (1),
     ``array_row``, ``array_col``, ``source_image`` and ``glomerulus_coverage`` (in ``[0, 1]``),
     ``uns["spatial"][library_id]`` with ``images`` (``hires``, ``lowres``), ``scalefactors`` and
     ``metadata["source_image_path"]``, and ``uns["pseudo_visium"]`` with ``params``, the placement
@@ -310,6 +320,8 @@ def pseudo_visium(
         raise ValueError(f"names has {len(names)} entries for {n} images.")
     if gap_um < 0:
         raise ValueError(f"gap_um must be >= 0, got {gap_um}.")
+    if counts_kwargs and not simulate_counts:
+        raise ValueError("counts_kwargs is given but simulate_counts=False; pass simulate_counts=True.")
     if fullres_path is not None:  # fail before the work, not after it
         ensure_dir(Path(fullres_path).parent, what="full-resolution TIFF", create=False)
 
@@ -443,6 +455,11 @@ def pseudo_visium(
         },
         "glomeruli_wkt": np.asarray([shapely.to_wkt(g, rounding_precision=3) for g in glomeruli], dtype=str),
     }
+    if simulate_counts:
+        from kgl.datasets._counts import simulate_counts as _simulate
+
+        adata = _simulate(adata, **{"seed": seed, **(counts_kwargs or {})})
+        adata.uns["pseudo_visium"]["params"]["simulate_counts"] = True
     logger.info(
         "pseudo-Visium %r: %d images → %d × %d px mosaic at %.3g µm/px, %d spots (%d with glomerulus coverage ≥ 0.5).",
         library_id,

@@ -1,6 +1,7 @@
-"""Tools: classify spots (train, evaluate and DE follow)."""
+"""Tools: classify spots, train and evaluate the classifier, glomerular differential expression."""
 
 from kgl.tl._classify import classify_spots
+from kgl.tl._de import PODOCYTE_MARKERS, glom_markers, marker_check
 from kgl.tl._evaluate import calibration_table, choose_threshold, evaluate, evaluate_spots
 from kgl.tl._recipe import DEFAULT_RECIPE, evaluate_patches, train_default_model
 from kgl.tl._split import check_no_leakage, split_by_group
@@ -17,6 +18,7 @@ from kgl.tl._train import (
 __all__ = [
     "AUGMENTATIONS",
     "DEFAULT_RECIPE",
+    "PODOCYTE_MARKERS",
     "PatchDataset",
     "TrainResult",
     "build_transform",
@@ -29,6 +31,8 @@ __all__ = [
     "evaluate_patches",
     "evaluate_spots",
     "fit_calibration",
+    "glom_markers",
+    "marker_check",
     "split_by_group",
     "train",
     "train_default_model",
