@@ -22,6 +22,29 @@ def _squidpy() -> Any:
     return sq
 
 
+def _with_reviewed_labels(adata: Any, key: str, colors: Sequence[str], spatial_key: str) -> Any:
+    """A light AnnData for plotting whose ``obs[key]`` holds the reviewed labels where there are some.
+
+    It shares the ``uns`` values (images) with ``adata`` and copies only obs, the spot centres and
+    the genes being plotted; ``adata`` itself is not modified.
+    """
+    import anndata as ad
+
+    from kgl._utils import reviewed_labels
+
+    genes = [c for c in colors if c not in adata.obs and c in adata.var_names]
+    obs = adata.obs.copy()
+    obs[key] = reviewed_labels(adata, key)
+    view = ad.AnnData(
+        X=adata[:, genes].X if genes else None,
+        obs=obs,
+        var=adata.var.loc[genes] if genes else None,
+        obsm={spatial_key: np.asarray(adata.obsm[spatial_key])},
+        uns=dict(adata.uns),  # a new top level over the same values: the images are not copied
+    )
+    return view
+
+
 def spatial_glom(
     adata: Any,
     *,
@@ -52,7 +75,9 @@ def spatial_glom(
         The ``key_added`` used by :func:`~kgl.tl.classify_spots`.
     color
         What to colour spots by: any ``obs`` column(s) or gene(s). Default: the label
-        ``obs[key]`` and the probability ``obs[f"{key}_proba"]`` side by side.
+        ``obs[key]`` and the probability ``obs[f"{key}_proba"]`` side by side. When manual review
+        (:func:`kgl.io.read_review`) wrote ``obs[f"{key}_reviewed"]``, the ``key`` panel shows the
+        reviewed labels where there are some (:func:`kgl._utils.reviewed_labels`) and says how many.
     img_res_key
         Background image (``"hires"``, ``"lowres"``); the highest resolution in ``uns`` by default.
     library_key
@@ -129,6 +154,18 @@ def spatial_glom(
         plot_kwargs["scalebar_dx"] = mpp_from_scalefactors(sf) / scale
         plot_kwargs["scalebar_units"] = "um"
     plot_kwargs.update(kwargs)
+    if key in colors and f"{key}_reviewed" in adata.obs:
+        adata = _with_reviewed_labels(adata, key, colors, spatial_key)
+        if "title" not in kwargs:  # squidpy's titles (the colour names), with the reviewed count per library
+            from kgl._utils import library_mask
+
+            done = adata.obs[f"{key}_reviewed"].notna().to_numpy()
+            all_libs = list(_spatial_uns(adata, spatial_key))
+            n = {lib: int((done & library_mask(adata, lib, all_libs, library_key)).sum()) for lib in libs}
+            panels = [(lib, c) for lib in libs for c in colors]
+            if not plot_kwargs.get("library_first", True):
+                panels = [(lib, c) for c in colors for lib in libs]
+            plot_kwargs["title"] = [f"{c} ({n[lib]} reviewed)" if c == key else c for lib, c in panels]
     sq = _squidpy()
     axes = sq.pl.spatial_scatter(adata, **plot_kwargs)
     axs = list(np.ravel(axes)) if isinstance(axes, list | np.ndarray) else [axes]
