@@ -312,7 +312,7 @@ def glom_markers(
         "n_rest": int((labels.notna() & (labels != group)).sum()),
     }
     if "simulated_counts" in adata.uns:
-        logger.warning("adata.uns['simulated_counts'] is set: these are SIMULATED counts, not measured expression.")
+        logger.info("adata.uns['simulated_counts'] is set: these are SIMULATED counts, not measured expression.")
         params["simulated_counts"] = True
     if inplace:
         entry: dict[str, Any] = {"params": params, "results": table.copy()}
@@ -432,5 +432,5 @@ def marker_check(
         logger.warning("Marker genes not in adata (case-insensitive): %s.", missing)
     table = pd.DataFrame(rows)
     if "simulated_counts" in adata.uns:
-        logger.warning("adata.uns['simulated_counts'] is set: these are SIMULATED counts, not measured expression.")
+        logger.info("adata.uns['simulated_counts'] is set: these are SIMULATED counts, not measured expression.")
     return table
