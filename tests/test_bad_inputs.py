@@ -30,6 +30,7 @@ import pandas as pd
 import pytest
 import shapely
 import torch
+from scipy import sparse
 
 import kgl
 from _kgl_fixtures import center_red_model, make_visium, plant_markers
@@ -64,7 +65,7 @@ def snapshot(obj: Any) -> Any:
             "obs": obj.obs.copy(),
             "obsm": {k: np.array(v, copy=True) for k, v in obj.obsm.items()},
             "uns": _freeze(dict(obj.uns)),
-            "X": None if obj.X is None else np.array(obj.X, copy=True),
+            "X": None if obj.X is None else (obj.X.toarray() if sparse.issparse(obj.X) else np.array(obj.X, copy=True)),
         }
     path = Path(obj)
     if path.is_file():
@@ -1038,6 +1039,118 @@ def _(c):
     table = _patch_table(c)
     (c.tmp / "run").write_text("a file")
     return lambda: kgl.tl.train(table, out_dir=c.tmp / "run", **_TRAIN), [c.tmp]
+
+
+# --- expression and manual review (issue 6) ---------------------------------------------------
+def _expression(n_samples: int = 1) -> ad.AnnData:
+    """Spots with simulated counts and image-style labels (glomerulus where coverage >= 0.5)."""
+    parts = []
+    for k in range(n_samples):
+        rng = np.random.default_rng(k)
+        cov = np.where(rng.random(200) < 0.15, rng.uniform(0.6, 1.0, 200), 0.0)
+        a = ad.AnnData(obs=pd.DataFrame({"glomerulus_coverage": cov}, index=[f"s{k}-{i}" for i in range(200)]))
+        a = kgl.datasets.simulate_counts(a, seed=k, n_background=30)
+        a.obs["library_id"] = f"sample{k}"
+        parts.append(a)
+    out = ad.concat(parts, merge="same") if n_samples > 1 else parts[0]
+    out.obs["glomerulus"] = pd.Categorical(
+        np.where(out.obs["glomerulus_coverage"] >= 0.5, "glomerulus", "other"), categories=["other", "glomerulus"]
+    )
+    return out
+
+
+def _reviewable(c: Ctx) -> tuple[ad.AnnData, Path]:
+    a = _visium()
+    kgl.tl.classify_spots(a, center_red_model(), show_progress=False)
+    path = kgl.io.write_review(a, c.tmp / "review.geojson")
+    return a, path
+
+
+def _edit_review(path: Path, edit: Callable[[dict], Any]) -> None:
+    obj = json.loads(path.read_text())
+    edit(obj)
+    path.write_text(json.dumps(obj))
+
+
+@case("de-no-genes", ValueError, r"no genes.*simulate_counts=True")
+def _(c):
+    a = _visium()
+    kgl.tl.classify_spots(a, center_red_model(), show_progress=False)
+    return lambda: kgl.tl.glom_markers(a), [a]
+
+
+@case("de-labels-missing", KeyError, r"obs\['glomerulus'\] not found.*classify_spots")
+def _(c):
+    a = _expression()
+    del a.obs["glomerulus"]
+    return lambda: kgl.tl.glom_markers(a), [a]
+
+
+@case("de-one-class-only", ValueError, r"needs spots in and outside 'glomerulus'")
+def _(c):
+    a = _expression()
+    a.obs["glomerulus"] = pd.Categorical(["other"] * a.n_obs, categories=["other", "glomerulus"])
+    return lambda: kgl.tl.glom_markers(a), [a]
+
+
+@case("de-pseudobulk-one-sample", ValueError, r"at least 2 samples.*method='wilcoxon'")
+def _(c):
+    a = _expression(1)
+    return lambda: kgl.tl.glom_markers(a, method="pseudobulk"), [a]
+
+
+@case("de-pseudobulk-lognormalised", ValueError, r"not raw counts.*layer='counts'")
+def _(c):
+    import scanpy as sc
+
+    a = _expression(2)
+    a.layers["counts"] = a.X.copy()
+    sc.pp.normalize_total(a)
+    sc.pp.log1p(a)
+    return lambda: kgl.tl.glom_markers(a, method="pseudobulk"), [a]
+
+
+@case("marker-check-genes-missing", None, log=r"Marker genes not in adata.*'NPHS1'")
+def _(c):
+    a = _expression()
+    a = a[:, ~a.var_names.isin(["NPHS1"])].copy()
+    return lambda: kgl.tl.marker_check(a), [a]
+
+
+@case("simulate-counts-has-genes", ValueError, r"already has \d+ genes")
+def _(c):
+    a = _expression()
+    return lambda: kgl.datasets.simulate_counts(a), [a]
+
+
+@case("review-write-several-libraries", ValueError, r"several libraries \['lib', 'lib2'\].*pass library_id=")
+def _(c):
+    a = _visium()
+    kgl.tl.classify_spots(a, center_red_model(), show_progress=False)
+    a.uns["spatial"]["lib2"] = a.uns["spatial"]["lib"]
+    a.obs["library_id"] = pd.Categorical(["lib"] * a.n_obs, categories=["lib", "lib2"])
+    return lambda: kgl.io.write_review(a, c.tmp / "r.geojson"), [a, c.tmp]
+
+
+@case("review-read-unknown-class", ValueError, r"class name\(s\) \['Glomerulus'\].*allowed: \['other', 'glomerulus'\]")
+def _(c):
+    a, path = _reviewable(c)
+    _edit_review(path, lambda o: o["features"][0]["properties"]["classification"].__setitem__("name", "Glomerulus"))
+    return lambda: kgl.io.read_review(a, path), [a, c.tmp]
+
+
+@case("review-read-unknown-barcode", KeyError, r"not in adata.obs_names.*review file of this sample")
+def _(c):
+    a, path = _reviewable(c)
+    _edit_review(path, lambda o: o["features"][0]["properties"].update(name="XX-1", barcode="XX-1"))
+    return lambda: kgl.io.read_review(a, path), [a, c.tmp]
+
+
+@case("review-read-not-geojson", ValueError, r"not a GeoJSON FeatureCollection.*Export objects as GeoJSON")
+def _(c):
+    a, path = _reviewable(c)
+    path.write_text(json.dumps({"type": "Feature", "geometry": None, "properties": {}}))
+    return lambda: kgl.io.read_review(a, path), [a, c.tmp]
 
 
 # ---------------------------------------------------------------------------------------------
