@@ -530,9 +530,12 @@ def train(
     if out is not None:
         save_checkpoint(model, out / "best.pt")
         try:
+            import matplotlib.pyplot as plt
+
             from kgl.pl import training_curves
 
-            training_curves(hist, save=out / "curves.png")
+            axes = training_curves(hist, save=out / "curves.png")
+            plt.close(axes[0].figure)  # only the file: an open figure would pop up in notebooks and accumulate
         except ImportError:  # pragma: no cover - plotting is optional here
             pass
     return TrainResult(model, hist, best_epoch, out, val_p, val_y, seconds, np.asarray(step_loss))
