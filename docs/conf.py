@@ -17,7 +17,7 @@ import kgl
 # -- Project -------------------------------------------------------------------------------------
 project = "kgl"
 author = "kgl developers"
-copyright = f"{date.today().year}, {author}"  # noqa: A001
+copyright = f"{date.today().year}, {author}"
 version = release = kgl.__version__
 
 # -- General -------------------------------------------------------------------------------------
@@ -94,7 +94,7 @@ def _constant_docs() -> dict[str, list[str]]:
         for info in pkgutil.iter_modules(mod.__path__, f"kgl.{room}."):
             try:
                 attr_docs = ModuleAnalyzer.for_module(info.name).find_attr_docs()
-            except Exception:  # noqa: BLE001 - a module the analyzer cannot parse: no comments from it
+            except Exception:  # a module the analyzer cannot parse: no comments from it
                 continue
             for (namespace, name), lines in attr_docs.items():
                 if not namespace and name in public:
@@ -105,11 +105,15 @@ def _constant_docs() -> dict[str, list[str]]:
 _CONSTANT_DOCS = _constant_docs()
 
 
-def _constant_docstring(app, what, name, obj, options, lines) -> None:  # noqa: ANN001
-    if what in ("data", "attribute") and name in _CONSTANT_DOCS:
+def _constant_docstring(app, what, name, obj, options, lines) -> None:
+    if what not in ("data", "attribute"):
+        return
+    if name in _CONSTANT_DOCS:
         lines[:] = list(_CONSTANT_DOCS[name])
+    elif getattr(obj, "__doc__", None) == getattr(type(obj), "__doc__", None):
+        lines[:] = []  # a constant without a #: comment: not the docstring of str/dict/tuple
 
 
-def setup(app) -> None:  # noqa: ANN001
+def setup(app) -> None:
     """Register the constant-docstring hook."""
     app.connect("autodoc-process-docstring", _constant_docstring)

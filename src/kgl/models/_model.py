@@ -29,6 +29,7 @@ __all__ = [
     "state_dict_sha256",
 ]
 
+#: Output classes of kgl's models, in logit order: index 1 is the glomerulus class.
 CLASS_NAMES = ("other", "glomerulus")
 #: ImageNet weights per backbone when the caller names none: the ones the issue tracker settled on
 #: (``resnet50`` + ``IMAGENET1K_V2`` for training; ``mobilenet_v2`` + ``IMAGENET1K_V1``, the checkpoint
