@@ -132,7 +132,29 @@ def _collate(batch: list[tuple[np.ndarray, int]]) -> tuple[Any, Any]:
 
 @dataclass
 class TrainResult:
-    """What :func:`train` returns."""
+    """What :func:`train` returns.
+
+    Attributes
+    ----------
+    model
+        The best epoch's :class:`~kgl.models.GlomClassifier` (validation ROC-AUC, then loss), with
+        the calibration (temperature, bias) and threshold fitted on validation in its ``config``.
+    history
+        One row per epoch: training loss and accuracy, validation loss, accuracy, ROC-AUC and F1,
+        whether the backbone was frozen, patches and seconds.
+    best_epoch
+        The epoch whose weights ``model`` holds.
+    out_dir
+        Folder with ``best.pt``, ``last.pt``, ``history.csv`` and ``curves.png``; ``None`` when
+        training ran without one.
+    val_proba, val_labels
+        Calibrated validation probabilities of the best model, and the true labels.
+    seconds
+        Wall-clock training time.
+    step_loss
+        Training loss of every optimisation step.
+
+    """
 
     model: Any
     history: pd.DataFrame
