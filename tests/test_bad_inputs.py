@@ -1079,7 +1079,7 @@ def _(c):
     return lambda: kgl.tl.glom_markers(a), [a]
 
 
-@case("de-labels-missing", KeyError, r"obs\['glomerulus'\] not found.*classify_spots")
+@case("de-labels-missing", KeyError, r"adata.obs has no \['glomerulus'\]: run kgl.tl.classify_spots")
 def _(c):
     a = _expression()
     del a.obs["glomerulus"]

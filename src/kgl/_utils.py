@@ -212,6 +212,32 @@ def write_obs_key(adata: Any, key: str, values: Any) -> None:
     adata.obs[key] = values
 
 
+def obs_labels(adata: Any, key: str = "glomerulus", *, need_proba: bool = False) -> Any:
+    """``adata.obs[key]`` as a categorical (the classifier's labels), checked to exist.
+
+    Raises
+    ------
+    KeyError
+        ``obs[key]`` (or, with ``need_proba``, ``obs[f"{key}_proba"]``) is missing; the message
+        says to run :func:`kgl.tl.classify_spots` and lists the obs columns there are.
+
+    """
+    import pandas as pd
+
+    cols = [key, f"{key}_proba"] if need_proba else [key]
+    missing = [c for c in cols if c not in adata.obs]
+    if missing:
+        cats = [c for c in adata.obs.columns if isinstance(adata.obs[c].dtype, pd.CategoricalDtype)]
+        raise KeyError(
+            f"adata.obs has no {missing}: run kgl.tl.classify_spots(adata, key_added={key!r}) first, or pass key= "
+            f"the key_added it used. Categorical obs columns: {cats}; all obs columns: {list(adata.obs.columns)}."
+        )
+    labels = adata.obs[key]
+    if not isinstance(labels.dtype, pd.CategoricalDtype):
+        labels = labels.astype("category")
+    return labels
+
+
 def reviewed_labels(adata: Any, key: str = "glomerulus") -> Any:
     """The labels downstream functions use: ``obs[f"{key}_reviewed"]`` where a reviewer set one, else ``obs[key]``.
 
@@ -222,20 +248,12 @@ def reviewed_labels(adata: Any, key: str = "glomerulus") -> Any:
     Raises
     ------
     KeyError
-        ``obs[key]`` is missing (lists the categorical columns there are).
+        ``obs[key]`` is missing (see :func:`obs_labels`).
 
     """
     import pandas as pd
 
-    if key not in adata.obs:
-        cats = [c for c in adata.obs.columns if isinstance(adata.obs[c].dtype, pd.CategoricalDtype)]
-        raise KeyError(
-            f"adata.obs[{key!r}] not found: run kgl.tl.classify_spots(adata, key_added={key!r}) first, or pass "
-            f"key= one of the categorical columns {cats}."
-        )
-    labels = adata.obs[key]
-    if not isinstance(labels.dtype, pd.CategoricalDtype):
-        labels = labels.astype("category")
+    labels = obs_labels(adata, key)
     rkey = f"{key}_reviewed"
     if rkey not in adata.obs:
         return labels

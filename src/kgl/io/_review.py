@@ -25,6 +25,7 @@ from kgl._utils import (
     atomic_path,
     library_mask,
     mpp_from_scalefactors,
+    obs_labels,
     resolve_library_ids,
     scalefactors,
     write_obs_key,
@@ -33,22 +34,6 @@ from kgl._utils import (
 __all__ = ["read_review", "write_review"]
 
 _FALLBACK_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
-
-
-def _labels(adata: Any, key: str, *, need_proba: bool) -> pd.Series:
-    """``obs[key]`` as a categorical; a :class:`KeyError` listing the columns when it (or the proba) is missing."""
-    cols = [key, f"{key}_proba"] if need_proba else [key]
-    missing = [c for c in cols if c not in adata.obs]
-    if missing:
-        cats = [c for c in adata.obs.columns if isinstance(adata.obs[c].dtype, pd.CategoricalDtype)]
-        raise KeyError(
-            f"adata.obs has no {missing}: run kgl.tl.classify_spots(adata, key_added={key!r}) first, or pass key= "
-            f"the key_added it used. Categorical obs columns: {cats}; all obs columns: {list(adata.obs.columns)}."
-        )
-    labels = adata.obs[key]
-    if not isinstance(labels.dtype, pd.CategoricalDtype):
-        labels = labels.astype("category")
-    return labels
 
 
 def _rgb(color: Any) -> list[int]:
@@ -190,7 +175,7 @@ def write_review(
         raise ValueError(f"pixel_origin must be 'corner' or 'center', got {pixel_origin!r}.")
     if int(n_vertices) != n_vertices or n_vertices < 8:
         raise ValueError(f"n_vertices must be an integer >= 8, got {n_vertices!r}.")
-    labels = _labels(adata, key, need_proba=True)
+    labels = obs_labels(adata, key, need_proba=True)
     all_libs = resolve_library_ids(adata, None, spatial_key=spatial_key)
     if library_id is None and len(all_libs) > 1:
         raise ValueError(
@@ -370,7 +355,7 @@ def read_review(
     >>> adata.obs["glomerulus_reviewed"].value_counts()  # doctest: +SKIP
 
     """
-    labels = _labels(adata, key, need_proba=False)
+    labels = obs_labels(adata, key, need_proba=False)
     _check_unique_barcodes(adata)
     if key in adata.uns and not isinstance(adata.uns[key], dict):
         raise ValueError(f"adata.uns[{key!r}] is a {type(adata.uns[key]).__name__}, not a dict; cannot record review.")

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from kgl._utils import SPOT_DIAMETER_UM, resolve_library_ids, reviewed_labels
+from kgl._utils import SPOT_DIAMETER_UM, obs_labels, resolve_library_ids, reviewed_labels
 
 __all__ = ["review_gallery"]
 
@@ -141,13 +141,13 @@ def review_gallery(
     import matplotlib.pyplot as plt
 
     from kgl.im._spots import SpotPatchDataset, spot_sets
-    from kgl.io._review import _class_colors, _labels, _select_spots
+    from kgl.io._review import _class_colors, _select_spots
     from kgl.pl._eval import _save
 
     if isinstance(n, bool) or int(n) != n or n < 1:
         raise ValueError(f"n (tiles per row) must be a positive integer, got {n!r}.")
     n = int(n)
-    labels = _labels(adata, key, need_proba=True)
+    labels = obs_labels(adata, key, need_proba=True)
     final = reviewed_labels(adata, key)
     all_libs = resolve_library_ids(adata, None, spatial_key=spatial_key)
     if library_id is None and len(all_libs) > 1:
