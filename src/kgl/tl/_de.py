@@ -244,7 +244,9 @@ def glom_markers(
     method
         ``"wilcoxon"``: :func:`scanpy.tl.rank_genes_groups` (Wilcoxon rank-sum, tie-corrected,
         Benjamini–Hochberg) over spots — spots of one section are not independent replicates, so
-        read its p-values as a ranking. ``"pseudobulk"``: counts summed per sample and group
+        read its p-values as a ranking; with several samples it pools their spots, so genes that
+        differ between samples show up when samples contribute different shares of glomerulus
+        spots (tutorial 3 shows this). ``"pseudobulk"``: counts summed per sample and group
         (:func:`decoupler.pp.pseudobulk`) and DESeq2's negative-binomial GLM (PyDESeq2) with the
         paired design ``~ sample + group``: the test across samples (``obs[library_key]``, at
         least 2 with both groups).
