@@ -198,3 +198,25 @@ def test_marker_check_dense_lognormalised_matches_counts(one_sample):
     sc.pp.normalize_total(a, target_sum=1e4)
     sc.pp.log1p(a)
     np.testing.assert_allclose(kgl.tl.marker_check(a)["auroc"], raw["auroc"], rtol=1e-9)
+
+
+def test_spatialdata_table_gives_the_same_results():
+    from spatialdata_io.experimental import from_legacy_anndata
+
+    from _kgl_fixtures import make_visium
+
+    base = make_visium()
+    rng = np.random.default_rng(0)
+    base.obs["glomerulus_coverage"] = np.where(rng.random(base.n_obs) < 0.3, 0.9, 0.0)
+    a = kgl.datasets.simulate_counts(base, n_background=20)
+    a.obs["glomerulus"] = pd.Categorical(
+        np.where(a.obs["glomerulus_coverage"] >= 0.5, "glomerulus", "other"), categories=["other", "glomerulus"]
+    )
+    sdata = from_legacy_anndata(a.copy())
+    expected = kgl.tl.glom_markers(a, inplace=False)
+    got = kgl.tl.glom_markers(sdata)
+    pd.testing.assert_frame_equal(got, expected)
+    assert "glomerulus_markers" in sdata.tables["table"].uns
+    pd.testing.assert_frame_equal(kgl.tl.marker_check(sdata), kgl.tl.marker_check(a))
+    with pytest.raises(ValueError, match="only for a SpatialData"):
+        kgl.tl.marker_check(a, table_name="table")

@@ -25,6 +25,17 @@ PODOCYTE_MARKERS = ("NPHS1", "NPHS2", "PODXL", "WT1", "PTPRO", "CLIC5")
 _METHODS = ("wilcoxon", "pseudobulk")
 
 
+def _as_table(adata: Any, table_name: str | None) -> Any:
+    """The AnnData to work on: ``adata`` itself, or a SpatialData's table (where classify_spots wrote the labels)."""
+    from kgl._spatialdata import _table, is_spatialdata
+
+    if is_spatialdata(adata):
+        return _table(adata, table_name)[1]
+    if table_name is not None:
+        raise ValueError("table_name is only for a SpatialData object; adata is an AnnData.")
+    return adata
+
+
 def _groups(adata: Any, key: str, group: str | None) -> tuple[pd.Series, str]:
     """Labels (reviewed ones win) and the tested group, validated."""
     labels = reviewed_labels(adata, key)
@@ -226,6 +237,7 @@ def glom_markers(
     min_spots: int = 10,
     key_added: str | None = None,
     inplace: bool = True,
+    table_name: str | None = None,
 ) -> pd.DataFrame:
     """Genes that differ between glomerulus spots and the other spots.
 
@@ -264,6 +276,9 @@ def glom_markers(
         ``adata.uns`` key of the results; ``f"{key}_markers"`` by default.
     inplace
         Store the results in ``adata.uns[key_added]``; ``False`` only returns the table.
+    table_name
+        For a :class:`spatialdata.SpatialData`: the table to use (and store the results in); the
+        only table when omitted.
 
     Returns
     -------
@@ -275,6 +290,7 @@ def glom_markers(
     ``["design"]``: the profiles that entered the model).
 
     """
+    adata = _as_table(adata, table_name)
     if method not in _METHODS:
         raise ValueError(f"method must be one of {list(_METHODS)}, got {method!r}.")
     if int(min_spots) != min_spots or min_spots < 1:
@@ -348,6 +364,7 @@ def marker_check(
     group: str | None = None,
     layer: str | None = None,
     gene_symbols: str | None = None,
+    table_name: str | None = None,
 ) -> pd.DataFrame:
     """How well known glomerular markers separate the image-based labels: an independent check from the transcriptome.
 
@@ -373,6 +390,8 @@ def marker_check(
         Use ``adata.layers[layer]`` instead of ``adata.X``.
     gene_symbols
         Column of ``adata.var`` with gene symbols when ``var_names`` are not symbols (e.g. Ensembl IDs).
+    table_name
+        For a :class:`spatialdata.SpatialData`: the table to use; the only table when omitted.
 
     Returns
     -------
@@ -386,6 +405,7 @@ def marker_check(
     from scipy import sparse
     from sklearn.metrics import roc_auc_score
 
+    adata = _as_table(adata, table_name)
     _check_genes(adata)
     markers = list(PODOCYTE_MARKERS if markers is None else markers)
     if not markers or not all(isinstance(g, str) and g for g in markers):
