@@ -136,3 +136,21 @@ def plant_markers(adata: ad.AnnData, spots: list[int], radius_um: float = 15.0, 
         x, y = adata.obsm["spatial"][i] * scale
         r = radius_um / mpp * scale
         img[(xx - x) ** 2 + (yy - y) ** 2 <= r**2] = (220, 0, 0)
+
+
+def classified_visium(marked: list[int], **kw) -> ad.AnnData:
+    """``make_visium(**kw)`` with red disks under ``marked``, classified by :func:`center_red_model`."""
+    import kgl
+
+    adata = make_visium(**kw)
+    plant_markers(adata, marked, radius_um=12)
+    kgl.tl.classify_spots(adata, center_red_model(), show_progress=False)
+    return adata
+
+
+def two_library_visium(marked: list[int]) -> ad.AnnData:
+    """Two classified libraries ``A`` and ``B`` (``obs["library_id"]``) in one AnnData."""
+    a, b = classified_visium(marked, library_id="A"), classified_visium(marked, library_id="B", seed=1)
+    both = ad.concat({"A": a, "B": b}, label="library_id", uns_merge="unique")
+    both.uns["glomerulus"] = a.uns["glomerulus"]
+    return both

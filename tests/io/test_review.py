@@ -2,14 +2,13 @@ import hashlib
 import json
 import pickle
 
-import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
 from shapely.geometry import shape
 
 import kgl
-from _kgl_fixtures import center_red_model, make_visium, plant_markers, tiny_cnn
+from _kgl_fixtures import classified_visium, make_visium, tiny_cnn, two_library_visium
 from kgl._utils import reviewed_labels
 
 MARKED = [2, 11, 25]
@@ -17,10 +16,7 @@ RED, GREY = [214, 39, 40], [217, 217, 217]  # uns["glomerulus_colors"] of classi
 
 
 def _classified(**kw):
-    adata = make_visium(**kw)
-    plant_markers(adata, MARKED, radius_um=12)
-    kgl.tl.classify_spots(adata, center_red_model(), show_progress=False)
-    return adata
+    return classified_visium(MARKED, **kw)
 
 
 @pytest.fixture
@@ -160,10 +156,7 @@ def test_write_review_uncertain_only(tmp_path):
 
 
 def _two_libraries():
-    a, b = _classified(library_id="A"), _classified(library_id="B", seed=1)
-    both = ad.concat({"A": a, "B": b}, label="library_id", uns_merge="unique")
-    both.uns["glomerulus"] = a.uns["glomerulus"]
-    return both
+    return two_library_visium(MARKED)
 
 
 def test_write_review_several_libraries(tmp_path):

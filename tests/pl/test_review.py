@@ -1,7 +1,6 @@
 import json
 import pickle
 
-import anndata as ad
 import matplotlib
 
 matplotlib.use("Agg")
@@ -12,17 +11,14 @@ import pytest
 from PIL import Image
 
 import kgl
-from _kgl_fixtures import center_red_model, make_visium, plant_markers
+from _kgl_fixtures import classified_visium, two_library_visium
 
 MARKED = [2, 11, 25, 30]
 
 
 @pytest.fixture
 def classified():
-    adata = make_visium()
-    plant_markers(adata, MARKED, radius_um=12)
-    kgl.tl.classify_spots(adata, center_red_model(), show_progress=False)
-    return adata
+    return classified_visium(MARKED)
 
 
 @pytest.fixture(autouse=True)
@@ -115,13 +111,7 @@ def test_review_gallery_marks_reviewed(classified, tmp_path):
 
 
 def _two_libraries():
-    a, b = make_visium(library_id="A"), make_visium(library_id="B", seed=1)
-    for x in (a, b):
-        plant_markers(x, MARKED, radius_um=12)
-        kgl.tl.classify_spots(x, center_red_model(), show_progress=False)
-    both = ad.concat({"A": a, "B": b}, label="library_id", uns_merge="unique")
-    both.uns["glomerulus"] = a.uns["glomerulus"]
-    return both
+    return two_library_visium(MARKED)
 
 
 def test_review_gallery_library(tmp_path):
