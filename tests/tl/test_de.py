@@ -58,6 +58,10 @@ def test_wilcoxon_recovers_planted_markers(one_sample):
     assert {"log2fc", "score", "pvalue", "padj", "pct_group", "pct_rest"} <= set(table.columns)
     assert len(table) == (np.asarray(a.X.sum(axis=0)).ravel() > 0).sum()
     _check_recovery(a, table)
+    x = a[:, table["gene"].to_numpy()].X.toarray()
+    inside = (a.obs["glomerulus"] == "glomerulus").to_numpy()
+    np.testing.assert_allclose(table["pct_group"], (x[inside] != 0).mean(axis=0))
+    np.testing.assert_allclose(table["pct_rest"], (x[~inside] != 0).mean(axis=0))
     entry = a.uns["glomerulus_markers"]
     pd.testing.assert_frame_equal(entry["results"], table)
     assert (

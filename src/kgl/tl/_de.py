@@ -110,14 +110,9 @@ def _wilcoxon(adata: Any, labels: pd.Series, group: str, layer: str | None, min_
     tmp = ad.AnnData(X=x, obs=pd.DataFrame({"g": pd.Categorical(grp)}, index=adata.obs_names[keep]))
     tmp.var_names = var_names
     tmp.uns["log1p"] = {"base": None}
-    sc.tl.rank_genes_groups(tmp, "g", groups=["in"], reference="out", method="wilcoxon", tie_correct=True)
+    sc.tl.rank_genes_groups(tmp, "g", groups=["in"], reference="out", method="wilcoxon", tie_correct=True, pts=True)
     res = sc.get.rank_genes_groups_df(tmp, group="in")
-    inside = grp == "in"
-    nonzero = x != 0
-    pct = {
-        name: pd.Series(np.asarray(nonzero[rows].mean(axis=0)).ravel(), index=var_names)
-        for name, rows in (("in", inside), ("out", ~inside))
-    }
+    pct = tmp.uns["rank_genes_groups"]["pts"]  # fraction of spots expressing each gene, per group
     genes = res["names"].astype(str)
     out = pd.DataFrame(
         {
