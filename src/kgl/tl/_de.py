@@ -78,14 +78,15 @@ def _check_genes(adata: Any) -> None:
         )
 
 
-def _log_normalised(x: Any, var_names: pd.Index) -> Any:
-    """log1p of counts per 10,000 (scanpy's ``normalize_total`` + ``log1p``) on a throw-away AnnData."""
+def _per_10k(x: Any, *, log1p: bool = False) -> Any:
+    """Counts per 10,000 (scanpy's ``normalize_total``), optionally ``log1p``-ed, on a throw-away AnnData."""
     import anndata as ad
     import scanpy as sc
 
-    tmp = ad.AnnData(X=x.astype(np.float32, copy=True), var=pd.DataFrame(index=var_names))
+    tmp = ad.AnnData(X=x.astype(np.float32, copy=True))
     sc.pp.normalize_total(tmp, target_sum=1e4)
-    sc.pp.log1p(tmp)
+    if log1p:
+        sc.pp.log1p(tmp)
     return tmp.X
 
 
@@ -105,7 +106,7 @@ def _wilcoxon(adata: Any, labels: pd.Series, group: str, layer: str | None, min_
     x = x[:, expressed]
     if _is_counts(x):
         logger.info("The expression data are raw counts: log1p of counts per 10,000 for the Wilcoxon test.")
-        x = _log_normalised(x, var_names)
+        x = _per_10k(x, log1p=True)
     grp = np.where(labels[keep].to_numpy() == group, "in", "out")
     tmp = ad.AnnData(X=x, obs=pd.DataFrame({"g": pd.Categorical(grp)}, index=adata.obs_names[keep]))
     tmp.var_names = var_names
@@ -415,16 +416,9 @@ def marker_check(
     if found_idx:
         sub = x[keep]
         if _is_counts(sub):
-            total = np.asarray(sub.sum(axis=1)).ravel().astype(np.float64)
-            total[total == 0] = 1.0
-            scale = 1e4 / total
-        else:
-            scale = None
+            sub = _per_10k(sub)
         block = sub[:, found_idx]
-        block = block.toarray() if sparse.issparse(block) else np.asarray(block)
-        block = block.astype(np.float64)
-        if scale is not None:
-            block = block * scale[:, None]
+        block = (block.toarray() if sparse.issparse(block) else np.asarray(block)).astype(np.float64)
         cols = {i: block[:, k] for k, i in enumerate(found_idx)}
     rows = []
     for g in markers:
