@@ -104,7 +104,7 @@ def fold_batchnorm(model: GlomClassifier) -> GlomClassifier:
         logger.debug("BatchNorm folding skipped: the backbone has forward hooks.")
         return out
     try:
-        out.backbone = fuse(out.backbone)
+        out.backbone = fuse(out.backbone, inplace=True)  # out is already a copy
     except Exception as e:  # any tracing failure just means no folding
         logger.debug("BatchNorm folding skipped for %s: %s", type(model.backbone).__name__, e)
     return out
