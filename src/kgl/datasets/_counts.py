@@ -127,10 +127,11 @@ def simulate_counts(
     base = profile_rng.gamma(0.8, 1.0, size=len(genes))
     # markers' shares of an average spot: glomerular 0.5 % (x fold in glomeruli), tubular 4 %
     # (/ fold in glomeruli); the rest spread over the background genes
-    base[role == "glomerular"] *= 0.005 / base[role == "glomerular"].sum()
-    base[role == "tubular"] *= 0.04 / base[role == "tubular"].sum()
-    if len(bg):
-        base[role == "background"] *= (1 - 0.045) / base[role == "background"].sum()
+    shares = {"glomerular": 0.005, "tubular": 0.04}
+    shares["background"] = 1.0 - sum(shares.values())
+    for kind, share in shares.items():
+        if (role == kind).any():
+            base[role == kind] *= share / base[role == kind].sum()
 
     rng = np.random.default_rng(seed)
     n = adata.n_obs
