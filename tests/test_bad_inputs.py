@@ -451,7 +451,11 @@ def _(c):
     return _classify(a), [a]
 
 
-@case("mpp-metadata-disagrees", None, log=r"µm/px disagreement for lib/fullres \(full\.tif\).*0\.8 µm/px.*0\.5 µm/px")
+@case(
+    "mpp-metadata-disagrees",
+    None,
+    log=r"µm/px disagreement for library 'lib': image metadata of lib/fullres \(full\.tif\) says 0\.8 µm/px",
+)
 def _(c):
     a = _visium()
     path = _tiff(a, c.tmp / "full.tif", mpp=0.8)  # the scalefactors say 0.5 µm/px

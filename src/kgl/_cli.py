@@ -54,6 +54,11 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--library-id", default=None, help="sample to classify (default: all)")
     c.add_argument("--img-key", default=None, help="fullres, hires or lowres (default: highest resolution available)")
     c.add_argument("--plot", default=None, help="also write kgl.pl.spatial_glom to this PNG")
+    c.add_argument(
+        "--allow-upsampling",
+        action="store_true",
+        help="classify even when the image is more than 2x coarser than the model needs (by default an error)",
+    )
     _add_model_args(c, None)
 
     t = sub.add_parser(
@@ -174,7 +179,13 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     _check_out(inp, out)
     data = _read_input(inp, args.fullres_image)
     t0 = time.perf_counter()
-    kgl.tl.classify_spots(data, library_id=args.library_id, img_key=args.img_key, **_classify_kwargs(args))
+    kgl.tl.classify_spots(
+        data,
+        library_id=args.library_id,
+        img_key=args.img_key,
+        allow_upsampling=args.allow_upsampling,
+        **_classify_kwargs(args),
+    )
     dt = time.perf_counter() - t0
     _write(data, out)
     from kgl._spatialdata import is_spatialdata

@@ -9,13 +9,17 @@ lazily through its multiscale pyramid. Results are written back into the table.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import pandas as pd
 
-__all__ = ["is_spatialdata", "run_on_spatialdata", "spatialdata_view"]
+__all__ = ["accepts_spatialdata", "is_spatialdata", "run_on_spatialdata", "spatialdata_view"]
+
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 
 def is_spatialdata(obj: Any) -> bool:
@@ -130,6 +134,9 @@ def spatialdata_view(
             "metadata": {"spatialdata_image": name},
         }
     view = ad.AnnData(obs=pd.DataFrame({library_key: pd.Categorical(lib)}, index=table.obs_names.copy()))
+    for c in ("array_row", "array_col"):  # array indices: the spot lattice gives µm/px (kgl._geometry)
+        if c in table.obs:
+            view.obs[c] = table.obs[c].to_numpy()
     view.obsm["spatial"] = coords
     view.uns["spatial"] = spatial
     return view, table_name
@@ -137,15 +144,12 @@ def spatialdata_view(
 
 def run_on_spatialdata(func: Callable, sdata: Any, *, table_name: str | None, copy: bool, **kwargs: Any) -> Any:
     """Run an AnnData function on a SpatialData's spots and copy its outputs into the table."""
-    view, table_name = spatialdata_view(
-        sdata,
-        table_name=table_name,
-        img_key=kwargs.pop("img_key", None),
-        library_key=kwargs.get("library_key", "library_id"),
-    )
     library_key = kwargs.get("library_key", "library_id")
-    before_obsm, before_uns = set(view.obsm), set(view.uns)
-    func(view, copy=False, **kwargs)
+    view, table_name = spatialdata_view(
+        sdata, table_name=table_name, img_key=kwargs.get("img_key"), library_key=library_key
+    )
+    before_obs, before_obsm, before_uns = set(view.obs.columns), set(view.obsm), set(view.uns)
+    func(view, copy=False, table_name=None, **kwargs)
     if copy:
         import spatialdata
 
@@ -153,8 +157,9 @@ def run_on_spatialdata(func: Callable, sdata: Any, *, table_name: str | None, co
     table = sdata.tables[table_name]
     from kgl._utils import write_obs_key
 
-    for k in view.obs.columns.drop(library_key):  # the view starts with library_key only: the rest is output
-        write_obs_key(table, k, view.obs[k].values)
+    for k in view.obs.columns:  # what the view did not start with is output
+        if k not in before_obs:
+            write_obs_key(table, k, view.obs[k].values)
     for k in set(view.obsm) - before_obsm:
         table.obsm[k] = view.obsm[k]
     for k in set(view.uns) - before_uns:
@@ -190,3 +195,58 @@ def plotting_view(
         if k not in ("spatial", "spatialdata_attrs"):
             view.uns[k] = v
     return view
+
+
+def accepts_spatialdata(kind: Literal["annotate", "table", "plot"]) -> Callable[[_F], _F]:
+    """Let an AnnData function (``adata`` first, ``table_name=`` keyword) take a SpatialData too.
+
+    The call is bound to the function's real signature (:func:`inspect.Signature.bind`, defaults
+    applied), so every argument reaches the AnnData code path and none can be forgotten by a
+    hand-written forward (as ``uncertain`` once was). ``kind`` says what the AnnData path gets:
+
+    - ``"annotate"``: a view of the spots in the squidpy layout (:func:`spatialdata_view`); the
+      outputs are copied back into the table (:func:`run_on_spatialdata`; ``copy=`` honoured);
+    - ``"table"``: the table itself (:func:`_table`);
+    - ``"plot"``: an in-memory plotting view (:func:`plotting_view`).
+
+    The AnnData path is ``wrapper.__wrapped__``, looked up at call time; it receives
+    ``table_name=None``.
+    """
+    if kind not in ("annotate", "table", "plot"):
+        raise ValueError(f"kind must be 'annotate', 'table' or 'plot', got {kind!r}.")
+
+    def decorate(func: _F) -> _F:
+        sig = inspect.signature(func)
+        first = next(iter(sig.parameters))
+        if "table_name" not in sig.parameters or (kind == "annotate" and "copy" not in sig.parameters):
+            raise TypeError(f"{func.__name__} needs table_name= (and copy= to annotate) to accept SpatialData.")
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            impl = wrapper.__wrapped__  # type: ignore[attr-defined]
+            bound = sig.bind(*args, **kwargs)
+            data = bound.arguments[first]
+            if not is_spatialdata(data):
+                return impl(*args, **kwargs)
+            bound.apply_defaults()
+            kw = dict(bound.arguments)
+            del kw[first]
+            for name, param in sig.parameters.items():
+                if param.kind is inspect.Parameter.VAR_KEYWORD:  # **kwargs: passed on as keywords
+                    kw.update(kw.pop(name))
+                elif param.kind is inspect.Parameter.VAR_POSITIONAL:
+                    raise TypeError(f"{func.__name__}: *args cannot be bound for SpatialData input.")
+            table_name = kw.pop("table_name")
+            if kind == "annotate":
+                copy = kw.pop("copy")
+                return run_on_spatialdata(impl, data, table_name=table_name, copy=copy, **kw)
+            if kind == "table":
+                return impl(_table(data, table_name)[1], table_name=None, **kw)
+            library_key = kw.get("library_key", "library_id")
+            view = plotting_view(data, table_name=table_name, library_key=library_key)
+            return impl(view, table_name=None, **kw)
+
+        wrapper.__kgl_spatialdata__ = kind  # type: ignore[attr-defined]
+        return wrapper  # type: ignore[return-value]
+
+    return decorate

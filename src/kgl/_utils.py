@@ -10,17 +10,10 @@ from typing import Any
 
 import numpy as np
 
+from kgl._geometry import SPOT_DIAMETER_FULLRES_UM, SPOT_DIAMETER_UM, SPOT_PITCH_UM, SpotMpp, spot_mpp
 from kgl._logging import logger
 
-SPOT_DIAMETER_UM = 55.0
-"""Physical diameter of a Visium capture spot (the area whose transcripts a spot holds)."""
-SPOT_PITCH_UM = 100.0
-"""Centre-to-centre distance of neighbouring Visium spots."""
-SPOT_DIAMETER_FULLRES_UM = 65.0
-"""What ``scalefactors["spot_diameter_fullres"]`` measures: Space Ranger documents it as the pixels
-spanning "a theoretical 65 µm spot" (not the 55 µm capture area). Checked on V1_Mouse_Kidney:
-with 65 µm, neighbouring spots are 100.3 µm apart (x = 50.00 µm per array column); with 55 µm
-they would be 84.8 µm apart."""
+__all__ = ["SPOT_DIAMETER_FULLRES_UM", "SPOT_DIAMETER_UM", "SPOT_PITCH_UM"]  # re-exported for older imports
 
 
 def _spatial_uns(adata: Any, spatial_key: str = "spatial") -> dict:
@@ -114,27 +107,49 @@ def scalefactors(adata: Any, library_id: str, spatial_key: str = "spatial") -> d
 
 
 def mpp_from_scalefactors(sf: dict[str, float]) -> float:
-    """µm per full-resolution pixel implied by ``spot_diameter_fullres`` (the theoretical 65-µm spot)."""
+    """µm per full-resolution pixel implied by ``spot_diameter_fullres`` alone (the theoretical 65-µm spot).
+
+    A cross-check only: :func:`library_mpp` takes µm/px from the spot lattice.
+    """
     return SPOT_DIAMETER_FULLRES_UM / float(sf["spot_diameter_fullres"])
 
 
-def check_mpp_agreement(mpp_spot: float, mpp_meta: float | None, *, source: str, tol: float = 0.10) -> bool:
-    """Warn when the image's own µm/px disagrees with the spot-derived one by more than ``tol``."""
-    if mpp_meta is None or not np.isfinite(mpp_meta) or mpp_meta <= 0:
-        return True
-    rel = abs(mpp_meta - mpp_spot) / mpp_spot
-    if rel > tol:
-        logger.warning(
-            "µm/px disagreement for %s: image metadata says %.4g µm/px, spot_diameter_fullres (65-µm spot) implies "
-            "%.4g µm/px (%.0f%% apart). Using the scalefactors; check that the image and scalefactors belong "
-            "together.",
-            source,
-            mpp_meta,
-            mpp_spot,
-            100 * rel,
-        )
-        return False
-    return True
+def library_mpp(
+    adata: Any,
+    library_id: str,
+    *,
+    spatial_key: str = "spatial",
+    library_key: str = "library_id",
+    image_mpp: float | None = None,
+    image_name: str | None = None,
+) -> SpotMpp:
+    """µm per full-resolution pixel of a library, from its spot lattice (see :func:`kgl._geometry.spot_mpp`).
+
+    Uses the library's spots in ``obsm[spatial_key]`` and, when present, ``obs["array_row"]`` /
+    ``obs["array_col"]``; ``spot_diameter_fullres`` and ``image_mpp`` are cross-checks.
+    """
+    sf = scalefactors(adata, library_id, spatial_key)
+    libs = list(_spatial_uns(adata, spatial_key))
+    mask = library_mask(adata, library_id, libs, library_key)
+    if spatial_key not in adata.obsm:
+        raise KeyError(f"adata.obsm[{spatial_key!r}] not found (spot centres). Available: {list(adata.obsm.keys())}.")
+    coords = np.asarray(adata.obsm[spatial_key], dtype=np.float64)[mask]
+    row = col = None
+    if "array_row" in adata.obs and "array_col" in adata.obs:
+        import pandas as pd
+
+        row = pd.to_numeric(adata.obs["array_row"], errors="coerce").to_numpy(dtype=np.float64)[mask]
+        col = pd.to_numeric(adata.obs["array_col"], errors="coerce").to_numpy(dtype=np.float64)[mask]
+    return spot_mpp(
+        coords,
+        sf,
+        array_row=row,
+        array_col=col,
+        image_mpp=image_mpp,
+        image_name=image_name,
+        where=f"library {library_id!r}",
+        spatial_key=spatial_key,
+    )
 
 
 def ensure_dir(folder: str | os.PathLike, *, what: str = "output", create: bool = True) -> Path:

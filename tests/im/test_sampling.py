@@ -50,7 +50,7 @@ def test_labels_follow_disk_coverage(slides):
     assert ((df["coverage"] >= 0.5) == (df["label"] == 1)).all()
     assert ((df["coverage"] == 0) == (df["label"] == 0)).all()
     # the centre point itself: a row placed there by hand reads coverage 1 through the same function
-    from kgl.datasets._pseudo_visium import spot_coverage
+    from kgl._geometry import spot_coverage
 
     assert spot_coverage(np.array([[CX, CY]]), slides.iloc[0]["polygons"], spot_r)[0] == pytest.approx(1.0)
     # dropping ambiguous

@@ -19,14 +19,20 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from kgl._geometry import (
+    ROW_PITCH_UM,
+    SPOT_DIAMETER_FULLRES_UM,
+    SPOT_DIAMETER_UM,
+    SPOT_PITCH_UM,
+    spot_coverage,
+    spot_lattice,
+)
 from kgl._logging import logger
 from kgl._settings import settings
-from kgl._utils import SPOT_DIAMETER_FULLRES_UM, SPOT_DIAMETER_UM, SPOT_PITCH_UM, ensure_dir
+from kgl._utils import ensure_dir
 
 __all__ = ["pas_tiles_visium", "pseudo_visium"]
 
-_ROW_PITCH_UM = SPOT_PITCH_UM * math.sqrt(3) / 2  # 86.60 µm between array rows
-_COL_PITCH_UM = SPOT_PITCH_UM / 2  # 50 µm between array columns (rows alternate parity)
 # Space Ranger's fiducial_diameter_fullres / spot_diameter_fullres (V1_Mouse_Kidney scalefactors_json.json)
 _FIDUCIAL_TO_SPOT = 144.509730125681 / 89.4584043635168
 _VISIUM_ROWS, _VISIUM_COLS = 78, 128  # one capture area: 6.5 mm × 6.5 mm
@@ -55,13 +61,60 @@ def _read_image(image: Any, i: int) -> tuple[np.ndarray, str]:
     return np.ascontiguousarray(to_rgb_uint8(arr)), str(i)
 
 
-def _annotation_polygons(ann: Any, shape: tuple[int, int], i: int) -> list[Any]:
+_MASK_SUFFIXES = (".png", ".tif", ".tiff", ".bmp", ".jpg", ".jpeg")
+
+
+def _read_annotation_file(path: Path, i: int, image: Any) -> Any:
+    """An annotation file by its kind: QuPath GeoJSON, COCO instances (rows of this image) or a binary mask."""
+    import json
+
+    from kgl.io import read_coco, read_geojson, read_mask
+
+    if not path.is_file():
+        raise FileNotFoundError(f"Annotation {i} ({str(path)!r}) does not exist.")
+    suffix = path.suffix.lower()
+    if suffix in _MASK_SUFFIXES:
+        return read_mask(path)
+    if suffix not in (".geojson", ".json"):
+        raise ValueError(
+            f"Annotation {i} ({str(path)!r}): unknown kind of file {suffix!r}. Give a QuPath GeoJSON (.geojson/.json), "
+            f"a COCO instances .json or a binary mask image ({', '.join(_MASK_SUFFIXES)})."
+        )
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"Annotation {i} ({str(path)!r}) is not valid JSON: {e}.") from e
+    if not (isinstance(obj, dict) and "annotations" in obj and "images" in obj):
+        return read_geojson(obj)
+    coco = read_coco(obj)
+    if not isinstance(image, (str, os.PathLike)):
+        raise ValueError(
+            f"Annotation {i} is a COCO file ({str(path)!r}) but image {i} is an array: kgl matches COCO annotations to "
+            "images by file name. Pass the image as a path, or its polygons (kgl.io.read_coco(...) rows) instead."
+        )
+    name = Path(image).name
+    rows = coco[coco["image"] == name]
+    if rows.empty and name not in set(coco["image"]):
+        listed = sorted(set(coco["image"]))
+        logger.warning(
+            "COCO file %s has no annotation for image %r (it annotates %d images, e.g. %s): no glomeruli in it.",
+            path.name,
+            name,
+            len(listed),
+            listed[:3],
+        )
+    return rows
+
+
+def _annotation_polygons(ann: Any, shape: tuple[int, int], i: int, image: Any = None) -> list[Any]:
     """Polygons of one image's annotation in its pixel frame, clipped to the image."""
     import shapely
     from shapely.geometry.base import BaseGeometry
 
     from kgl.io._annotations import _polygonal_part, mask_to_polygons
 
+    if isinstance(ann, (str, os.PathLike)):
+        ann = _read_annotation_file(Path(ann), i, image)
     if ann is None:
         geoms: list[Any] = []
     elif isinstance(ann, pd.DataFrame):
@@ -76,12 +129,15 @@ def _annotation_polygons(ann: Any, shape: tuple[int, int], i: int) -> list[Any]:
             raise ValueError(f"Mask {i} has shape {m.shape[:2]} but its image is {shape}; they must match.")
         geoms = mask_to_polygons(m)
     else:
-        geoms = list(ann)
+        try:
+            geoms = list(ann)
+        except TypeError:
+            geoms = [ann]
     bad = [type(g).__name__ for g in geoms if not isinstance(g, BaseGeometry)]
     if bad:
         raise TypeError(
-            f"Annotation {i} must be shapely polygons, a DataFrame with a 'geometry' column or a binary mask; "
-            f"got elements of type {sorted(set(bad))}."
+            f"Annotation {i} must be a GeoJSON/COCO/mask file path, shapely polygons, a DataFrame with a 'geometry' "
+            f"column or a binary mask array; got {type(ann).__name__} with elements of type {sorted(set(bad))}."
         )
     h, w = shape
     frame = shapely.box(-0.5, -0.5, w - 0.5, h - 0.5)
@@ -167,47 +223,6 @@ def _content_hash(canvas: np.ndarray, mpp: float, compression: str | None) -> st
 # ---------------------------------------------------------------------------------------------
 # spots
 # ---------------------------------------------------------------------------------------------
-def spot_lattice(width_um: float, height_um: float, offset_um: tuple[float, float]) -> pd.DataFrame:
-    """Visium spot centres covering a ``width_um × height_um`` rectangle.
-
-    Spot ``(array_row, array_col)`` with ``array_row + array_col`` even sits at
-    ``x = array_col · 50 µm + offset_x``, ``y = array_row · 50√3 µm + offset_y``: a hexagonal
-    lattice with 100 µm between neighbours, indexed as Space Ranger indexes a capture area.
-    """
-    ox, oy = offset_um
-    rows = np.arange(0, math.floor((height_um - oy) / _ROW_PITCH_UM) + 1)
-    cols = np.arange(0, math.floor((width_um - ox) / _COL_PITCH_UM) + 1)
-    rr, cc = np.meshgrid(rows, cols, indexing="ij")
-    keep = (rr + cc) % 2 == 0
-    rr, cc = rr[keep], cc[keep]
-    return pd.DataFrame(
-        {
-            "array_row": rr.astype(np.int64),
-            "array_col": cc.astype(np.int64),
-            "x_um": cc * _COL_PITCH_UM + ox,
-            "y_um": rr * _ROW_PITCH_UM + oy,
-        }
-    )
-
-
-def spot_coverage(xy: np.ndarray, polygons: Sequence[Any], radius: float, *, quad_segs: int = 16) -> np.ndarray:
-    """Fraction of each spot disk (centre ``xy``, ``radius``) covered by the union of ``polygons``."""
-    import shapely
-
-    xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
-    cov = np.zeros(len(xy))
-    if not len(polygons) or not len(xy):
-        return cov
-    union = shapely.union_all(np.asarray(polygons, dtype=object))
-    disks = shapely.buffer(shapely.points(xy), radius, quad_segs=quad_segs)
-    shapely.prepare(union)
-    hit = shapely.intersects(disks, union)
-    if hit.any():
-        inter = shapely.intersection(disks[hit], union)
-        cov[hit] = shapely.area(inter) / shapely.area(disks[hit])
-    return np.clip(cov, 0.0, 1.0)
-
-
 # ---------------------------------------------------------------------------------------------
 # public
 # ---------------------------------------------------------------------------------------------
@@ -245,9 +260,12 @@ def pseudo_visium(
         RGB(A)/grey ``uint8`` arrays or image file paths (read with Pillow).
     annotations
         One entry per image, in that image's pixel frame (pixel centres at integers, see
-        :mod:`kgl.io`): a list of shapely polygons, a DataFrame with a ``geometry`` column (from
-        :func:`kgl.io.read_geojson` / :func:`kgl.io.read_coco`), a binary mask array of the image's
-        shape (converted with :func:`kgl.io.mask_to_polygons`) or ``None`` (no glomeruli).
+        :mod:`kgl.io`): a file path (QuPath GeoJSON read with :func:`kgl.io.read_geojson`, every
+        polygon; a COCO instances ``.json`` read with :func:`kgl.io.read_coco`, the rows whose file
+        name is the image's; a binary mask image read with :func:`kgl.io.read_mask`), a list of
+        shapely polygons, a DataFrame with a ``geometry`` column (from :func:`kgl.io.read_geojson` /
+        :func:`kgl.io.read_coco`), a binary mask array of the image's shape (converted with
+        :func:`kgl.io.mask_to_polygons`) or ``None`` (no glomeruli).
         Polygons are clipped to their image.
     mpp
         µm per pixel of the images: one value or one per image.
@@ -328,7 +346,7 @@ def pseudo_visium(
     tiles, tile_polys, tile_names = [], [], []
     for i, (image, ann) in enumerate(zip(images, annotations, strict=True)):
         arr, default_name = _read_image(image, i)
-        polys = _annotation_polygons(ann, arr.shape[:2], i)
+        polys = _annotation_polygons(ann, arr.shape[:2], i, image)
         arr, polys = _resample(arr, polys, mpps[i] / mpp_out)
         tiles.append(arr)
         tile_polys.append(polys)
@@ -363,7 +381,7 @@ def pseudo_visium(
     # --- spots ------------------------------------------------------------------------------
     rng = np.random.default_rng(seed)
     # [0, 100) × [0, 50√3) µm is a fundamental cell of the lattice: every placement is equally likely
-    offset_um = (float(rng.uniform(0.0, SPOT_PITCH_UM)), float(rng.uniform(0.0, _ROW_PITCH_UM)))
+    offset_um = (float(rng.uniform(0.0, SPOT_PITCH_UM)), float(rng.uniform(0.0, ROW_PITCH_UM)))
     # canvas spans [-0.5, W - 0.5] px; the lattice origin is the canvas' top-left corner
     origin = -0.5 * mpp_out
     spots = spot_lattice(width * mpp_out, height * mpp_out, offset_um)

@@ -7,7 +7,6 @@ disk (:data:`kgl._utils.SPOT_DIAMETER_UM`) that lies inside a glomerulus polygon
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import zlib
@@ -18,8 +17,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from kgl._geometry import ROW_PITCH_UM, SPOT_DIAMETER_UM, SPOT_PITCH_UM, spot_coverage, spot_lattice
 from kgl._logging import logger
-from kgl._utils import SPOT_DIAMETER_UM, SPOT_PITCH_UM, atomic_path
+from kgl._utils import atomic_path
 
 __all__ = ["LABEL_NAMES", "patch_counts", "read_patch", "sample_patches", "write_patches"]
 
@@ -28,7 +28,6 @@ LABEL_NAMES = {1: "glomerulus", 0: "other", -1: "ambiguous"}
 
 _REQUIRED = ("slide", "path", "mpp", "group", "polygons")
 _OWN = ("slide", "path", "group", "x", "y", "mpp", "patch_um", "coverage", "label", "kind", "in_image")
-_ROW_PITCH = SPOT_PITCH_UM * math.sqrt(3) / 2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -62,17 +61,15 @@ def _grid_um(width_um: float, height_um: float, pitch_um: float, rng: np.random.
     """A Visium lattice (hexagonal, ``pitch_um`` apart) at a random offset, covering the image with margin.
 
     Positions are µm from the image's top-left corner. The lattice is
-    :func:`kgl.datasets._pseudo_visium.spot_lattice` scaled by ``pitch_um / 100``, extended by
+    :func:`kgl._geometry.spot_lattice` scaled by ``pitch_um / 100``, extended by
     one pitch on every side so that patches hanging over the border exist (``min_inside`` decides).
     """
-    from kgl.datasets._pseudo_visium import spot_lattice
-
     s = pitch_um / SPOT_PITCH_UM
-    offset = (float(rng.uniform(0.0, SPOT_PITCH_UM)), float(rng.uniform(0.0, _ROW_PITCH)))
+    offset = (float(rng.uniform(0.0, SPOT_PITCH_UM)), float(rng.uniform(0.0, ROW_PITCH_UM)))
     # shifting by 2 columns' worth (100 µm) and 2 rows keeps (row + col) parity: same lattice
-    lat = spot_lattice(width_um / s + 2 * SPOT_PITCH_UM, height_um / s + 4 * _ROW_PITCH, offset)
+    lat = spot_lattice(width_um / s + 2 * SPOT_PITCH_UM, height_um / s + 4 * ROW_PITCH_UM, offset)
     x = (lat["x_um"].to_numpy() - SPOT_PITCH_UM) * s
-    y = (lat["y_um"].to_numpy() - 2 * _ROW_PITCH) * s
+    y = (lat["y_um"].to_numpy() - 2 * ROW_PITCH_UM) * s
     return np.column_stack([x, y])
 
 
@@ -96,8 +93,6 @@ def _hard_negatives(
 ) -> tuple[np.ndarray, int]:
     """``k`` points per polygon at a distance in ``ring_px`` from it whose capture disk misses every polygon."""
     import shapely
-
-    from kgl.datasets._pseudo_visium import spot_coverage
 
     r0, r1 = ring_px
     width, height = size
@@ -222,7 +217,6 @@ def sample_patches(
     (ambiguous counted even when dropped) and ``attrs["params"]`` the arguments.
 
     """
-    from kgl.datasets._pseudo_visium import spot_coverage
     from kgl.io._wsi import image_size
 
     ring = tuple(float(v) for v in hard_negative_ring_um)

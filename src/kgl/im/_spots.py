@@ -9,18 +9,20 @@ from typing import Any
 
 import numpy as np
 
+from kgl._geometry import SpotMpp
 from kgl._logging import logger
-from kgl._utils import (
-    _spatial_uns,
-    check_mpp_agreement,
-    library_mask,
-    mpp_from_scalefactors,
-    resolve_library_ids,
-    scalefactors,
-)
+from kgl._utils import _spatial_uns, library_mask, library_mpp, resolve_library_ids, scalefactors
 from kgl.io._image import SlideImage
 
-__all__ = ["SpotChunkDataset", "SpotPatchDataset", "SpotSet", "spot_image", "spot_patches", "spot_sets"]
+__all__ = [
+    "SpotChunkDataset",
+    "SpotPatchDataset",
+    "SpotSet",
+    "check_resolution",
+    "spot_image",
+    "spot_patches",
+    "spot_sets",
+]
 
 
 def spot_image(
@@ -107,7 +109,9 @@ class SpotSet:
     img_key
         Which image.
     mpp
-        µm per full-resolution pixel (from ``spot_diameter_fullres``).
+        µm per full-resolution pixel (from the spot lattice, see :func:`kgl._utils.library_mpp`).
+    mpp_info
+        Where ``mpp`` came from and the values it was checked against.
 
     """
 
@@ -117,6 +121,12 @@ class SpotSet:
     image: SlideImage
     img_key: str
     mpp: float
+    mpp_info: SpotMpp | None = None
+
+    @property
+    def image_mpp(self) -> float:
+        """µm per pixel of the finest level of the image (coarser than ``mpp`` for hires/lowres images)."""
+        return self.mpp * self.image.levels[0].downsample
 
     def patch_size_px(self, patch_um: float) -> float:
         """Side of a ``patch_um`` patch in full-resolution pixels."""
@@ -168,11 +178,11 @@ def spot_sets(
                 f"{bad.sum()} spots of library {lib!r} have non-finite coordinates in obsm[{spatial_key!r}] "
                 f"(e.g. {adata.obs_names[idx[bad][0]]!r}); drop or fix them first."
             )
-        sf = scalefactors(adata, lib, spatial_key)
-        mpp = mpp_from_scalefactors(sf)
         image, key = spot_image(adata, lib, img_key=img_key, spatial_key=spatial_key)
-        if image.mpp is not None:
-            check_mpp_agreement(mpp, image.mpp, source=image.name)
+        info = library_mpp(
+            adata, lib, spatial_key=spatial_key, library_key=library_key, image_mpp=image.mpp, image_name=image.name
+        )
+        mpp = info.mpp
         h, w = image.shape
         off = (c[:, 0] < 0) | (c[:, 1] < 0) | (c[:, 0] > w) | (c[:, 1] > h)
         if off.all():
@@ -191,8 +201,40 @@ def spot_sets(
                 w,
                 h,
             )
-        sets.append(SpotSet(lib, idx, c, image, key, mpp))
+        sets.append(SpotSet(lib, idx, c, image, key, mpp, info))
     return sets
+
+
+def check_resolution(
+    sets: Sequence[SpotSet], *, patch_um: float, size: int, allow_upsampling: bool = False, max_ratio: float = 2.0
+) -> None:
+    """Refuse images much coarser than a model needs, before any patch is read.
+
+    A model that sees ``patch_um`` µm at ``size`` px needs ``patch_um / size`` µm/px. An image
+    more than ``max_ratio`` times coarser would have every patch upsampled from a few pixels, and
+    the calls would be confident and meaningless: a :class:`ValueError` names the image, both
+    resolutions and the fixes. ``allow_upsampling=True`` only logs a warning.
+    """
+    need = float(patch_um) / int(size)
+    for spots in sets:
+        have = spots.image_mpp
+        if have <= max_ratio * need:
+            continue
+        px = patch_um / have
+        what = (
+            f"The {spots.img_key!r} image of library {spots.library_id!r} has {have:.3g} µm/px, but the model needs "
+            f"{need:.3g} µm/px ({patch_um:g}-µm patches at {size} px): each patch would be {px:.0f} px wide, upsampled "
+            f"{size / px:.0f}× to {size} px"
+        )
+        if allow_upsampling:
+            logger.warning("%s (allow_upsampling=True: classifying anyway).", what)
+            continue
+        raise ValueError(
+            f"{what}, and the calls would be meaningless. Give kgl a finer image: the full-resolution image "
+            "(kgl.io.read_visium(..., fullres_image_file='image.tif'), or `kgl classify --fullres-image`), a "
+            f"SpatialData image at higher resolution, or a model trained for ~{have:.2g} µm/px. allow_upsampling=True "
+            "(`kgl classify --allow-upsampling`) classifies anyway."
+        )
 
 
 class SpotPatchDataset:
@@ -277,7 +319,7 @@ def spot_patches(
     library_id
         Sample(s) to read; all by default.
     patch_um
-        Side of the square patch in µm (converted with the µm/px implied by ``spot_diameter_fullres``).
+        Side of the square patch in µm (converted with the µm/px of the spot lattice).
     size
         Side of the returned patches in pixels (the model's input size).
     batch_size

@@ -24,10 +24,9 @@ from kgl._utils import (
     _spatial_uns,
     atomic_path,
     library_mask,
-    mpp_from_scalefactors,
+    library_mpp,
     obs_labels,
     resolve_library_ids,
-    scalefactors,
     write_obs_key,
 )
 
@@ -189,7 +188,7 @@ def write_review(
     coords = np.asarray(adata.obsm[spatial_key], dtype=np.float64)
     if coords.ndim != 2 or coords.shape[1] < 2:
         raise ValueError(f"adata.obsm[{spatial_key!r}] must be (n_spots, 2), got shape {coords.shape}.")
-    mpp = mpp_from_scalefactors(scalefactors(adata, lib, spatial_key))
+    mpp = library_mpp(adata, lib, spatial_key=spatial_key, library_key=library_key).mpp
     in_lib = library_mask(adata, lib, all_libs, library_key)
     mask = _select_spots(adata, spots, in_lib, lib)
     idx = np.flatnonzero(mask)

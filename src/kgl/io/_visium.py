@@ -10,8 +10,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from kgl._geometry import spot_mpp
 from kgl._logging import logger
-from kgl._utils import check_mpp_agreement, check_spot_diameter, mpp_from_scalefactors
+from kgl._utils import check_spot_diameter
 
 __all__ = ["read_visium"]
 
@@ -43,22 +44,92 @@ def _read_positions(spatial: Path) -> pd.DataFrame:
             f"No tissue positions file in {str(spatial)!r}; expected one of {list(_POSITION_FILES)}."
         )
     if f.suffix == ".parquet":
-        df = pd.read_parquet(f).set_index("barcode")
+        df = pd.read_parquet(f)
+        if "barcode" not in df.columns:
+            raise ValueError(f"{str(f)!r} has no 'barcode' column (columns: {list(df.columns)}).")
+        df = df.set_index("barcode")
+        header_line = 0
     else:
         # Space Ranger 1.x writes tissue_positions_list.csv without header, >= 2.0 tissue_positions.csv with one;
-        # detect by content rather than by name (as squidpy does).
+        # detect by content rather than by name (as squidpy does). Read as text, then check every value.
         with open(f) as fh:
             has_header = fh.readline().split(",")[0].strip().lower() == "barcode"
-        df = pd.read_csv(f, header=0 if has_header else None, index_col=0)
+        try:
+            df = pd.read_csv(f, header=0 if has_header else None, index_col=0, dtype=str, keep_default_na=False)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+            raise ValueError(
+                f"{str(f)!r} cannot be parsed as CSV ({e}); restore it from the Space Ranger output."
+            ) from e
+        header_line = 1 if has_header else 0
+        if has_header:
+            missing = [c for c in _POSITION_COLUMNS if c not in df.columns]
+            if missing:
+                raise ValueError(
+                    f"{str(f)!r} lacks the column(s) {missing}: its header is {['barcode', *df.columns]}, Space Ranger "
+                    f"writes ['barcode', {', '.join(repr(c) for c in _POSITION_COLUMNS)}]. Restore the file from the "
+                    "Space Ranger output."
+                )
+            df = df[_POSITION_COLUMNS]
     if df.shape[1] != 5:
-        raise ValueError(f"{f.name} must have 6 columns (barcode + {_POSITION_COLUMNS}), found {df.shape[1] + 1}.")
+        raise ValueError(
+            f"{str(f)!r} must have 6 columns (barcode + {_POSITION_COLUMNS}), found {df.shape[1] + 1}. Restore the "
+            "file from the Space Ranger output."
+        )
     df.columns = _POSITION_COLUMNS
     df.index = df.index.astype(str)
     df.index.name = None
+    out = {}
+    for col in _POSITION_COLUMNS:
+        raw = df[col]
+        num = pd.to_numeric(raw, errors="coerce") if raw.dtype == object else raw.astype(np.float64)
+        integer = col in ("in_tissue", "array_row", "array_col")
+        bad = num.isna().to_numpy() | ~np.isfinite(num.to_numpy(dtype=np.float64, na_value=np.nan))
+        if integer and not bad.all():
+            bad |= np.asarray(num.fillna(0) % 1 != 0)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            value = raw.iloc[i]
+            what = "is empty" if value == "" or (not isinstance(value, str) and pd.isna(value)) else f"is {value!r}"
+            raise ValueError(
+                f"{str(f)!r} line {i + 1 + header_line} (barcode {df.index[i]!r}): {col} {what}, not "
+                f"{'an integer' if integer else 'a number'} ({int(bad.sum())} bad value(s) in that column). Restore "
+                "the file from the Space Ranger output."
+            )
+        out[col] = num.to_numpy(dtype=np.int64 if integer else np.float64)
+    df = pd.DataFrame(out, index=df.index)
     if df.index.has_duplicates:
         dup = df.index[df.index.duplicated()][0]
         raise ValueError(f"{f.name} lists barcode {dup!r} more than once.")
     return df
+
+
+_SCALEFACTOR_FIELDS = (
+    "spot_diameter_fullres",
+    "tissue_hires_scalef",
+    "tissue_lowres_scalef",
+    "fiducial_diameter_fullres",
+)
+
+
+def _read_scalefactors(sf_file: Path) -> dict[str, Any]:
+    if not sf_file.exists():
+        raise FileNotFoundError(f"{str(sf_file)!r} not found: kgl needs the scalefactors to convert pixels to µm.")
+    try:
+        sf = json.loads(sf_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{str(sf_file)!r} is not valid JSON ({e}); restore it from the Space Ranger output.") from e
+    check_spot_diameter(sf, f"{str(sf_file)!r}")
+    for field in _SCALEFACTOR_FIELDS:
+        if field not in sf:
+            continue
+        v = sf[field]
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) and v > 0
+        if not ok:
+            raise ValueError(
+                f"{str(sf_file)!r}: field {field!r} is {v!r}; it must be a positive number. Restore the file from the "
+                "Space Ranger output."
+            )
+    return sf
 
 
 def _read_counts(root: Path, counts_file: str, library_id: str | None) -> tuple[Any, str | None]:
@@ -166,14 +237,7 @@ def read_visium(
         adata.obs[c] = pos[c].to_numpy()
     adata.obsm["spatial"] = pos[["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy(dtype=np.float64)
 
-    sf_file = spatial / "scalefactors_json.json"
-    if not sf_file.exists():
-        raise FileNotFoundError(f"{str(sf_file)!r} not found: kgl needs the scalefactors to convert pixels to µm.")
-    try:
-        scalefactors = json.loads(sf_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{str(sf_file)!r} is not valid JSON ({e}); restore it from the Space Ranger output.") from e
-    check_spot_diameter(scalefactors, f"{str(sf_file)!r}")
+    scalefactors = _read_scalefactors(spatial / "scalefactors_json.json")
     images: dict[str, np.ndarray] = {}
     if load_images:
         from PIL import Image
@@ -197,7 +261,16 @@ def read_visium(
             )
         img = SlideImage.open(f)  # validates readability now, stays lazy
         metadata["source_image_path"] = str(f.resolve())
-        check_mpp_agreement(mpp_from_scalefactors(scalefactors), img.mpp, source=f.name)
+        # µm/px from the lattice of all spots (the file lists the whole capture area), cross-checked with the image
+        spot_mpp(
+            positions[["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy(dtype=np.float64),
+            scalefactors,
+            array_row=positions["array_row"].to_numpy(),
+            array_col=positions["array_col"].to_numpy(),
+            image_mpp=img.mpp,
+            image_name=f.name,
+            where=f"{root.name}/spatial",
+        )
     adata.uns["spatial"] = {library_id: {"images": images, "scalefactors": scalefactors, "metadata": metadata}}
     if not images and fullres_image_file is None:
         logger.warning("No tissue image found for library %r: patches need an image (fullres_image_file=).", library_id)

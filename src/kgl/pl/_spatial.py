@@ -10,7 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from kgl._utils import _spatial_uns, mpp_from_scalefactors, resolve_library_ids, scalefactors
+from kgl._spatialdata import accepts_spatialdata
+from kgl._utils import _spatial_uns, library_mpp, resolve_library_ids, scalefactors
 
 __all__ = ["spatial_glom"]
 
@@ -45,6 +46,15 @@ def _with_reviewed_labels(adata: Any, key: str, colors: Sequence[str], spatial_k
     return view
 
 
+def _library_mpp(adata: Any, key: str, library_id: str, spatial_key: str, library_key: str) -> float:
+    """µm per full-res px: what classify_spots recorded, else measured from the spot lattice."""
+    try:
+        return float(adata.uns[key]["params"]["libraries"][library_id]["mpp"])
+    except (KeyError, TypeError, ValueError):
+        return library_mpp(adata, library_id, spatial_key=spatial_key, library_key=library_key).mpp
+
+
+@accepts_spatialdata("plot")
 def spatial_glom(
     adata: Any,
     *,
@@ -104,12 +114,8 @@ def spatial_glom(
     The matplotlib axes (a list when there are several panels).
 
     """
-    from kgl._spatialdata import is_spatialdata
-
-    if is_spatialdata(adata):
-        from kgl._spatialdata import plotting_view
-
-        adata = plotting_view(adata, table_name=table_name, library_key=library_key)
+    if table_name is not None:
+        raise ValueError("table_name is only for a SpatialData object; adata is an AnnData.")
     if color is None:
         if key not in adata.obs:
             raise KeyError(
@@ -151,7 +157,7 @@ def spatial_glom(
         plot_kwargs.setdefault("cmap", "magma")
     if scalebar:
         scale = sf.get(f"tissue_{img_res_key}_scalef", 1.0) if img_res_key else 1.0
-        plot_kwargs["scalebar_dx"] = mpp_from_scalefactors(sf) / scale
+        plot_kwargs["scalebar_dx"] = _library_mpp(adata, key, libs[0], spatial_key, library_key) / scale
         plot_kwargs["scalebar_units"] = "um"
     plot_kwargs.update(kwargs)
     if key in colors and f"{key}_reviewed" in adata.obs:

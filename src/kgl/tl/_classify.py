@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from kgl._logging import logger
+from kgl._spatialdata import accepts_spatialdata
 from kgl._utils import write_obs_key
 
 __all__ = ["classify_spots"]
@@ -114,6 +115,7 @@ def _predict(
     return (expit(margin.astype(np.float64) / temperature + logit_bias).astype(np.float32), feats, inside)
 
 
+@accepts_spatialdata("annotate")
 def classify_spots(
     adata: Any,
     model: Any = None,
@@ -128,6 +130,7 @@ def classify_spots(
     threshold: float | None = None,
     uncertain: tuple[float, float] | None = (0.2, 0.8),
     img_key: str | None = None,
+    allow_upsampling: bool = False,
     spatial_key: str = "spatial",
     library_key: str = "library_id",
     table_name: str | None = None,
@@ -173,6 +176,10 @@ def classify_spots(
         shift). ``None``: no flag.
     img_key
         Which image to read (``"fullres"``, ``"hires"``, ``"lowres"``); the highest resolution by default.
+    allow_upsampling
+        Classify even when the image is more than 2× coarser than the model needs
+        (``patch_um / input_size`` µm/px); by default that raises a :class:`ValueError`, because
+        patches upsampled from a few pixels give confident, meaningless calls.
     spatial_key
         Key of spot coordinates in ``adata.obsm``.
     library_key
@@ -202,35 +209,11 @@ def classify_spots(
     Everything is computed before anything is written: on error ``adata`` is unchanged.
 
     """
-    from kgl._spatialdata import is_spatialdata
-
-    if is_spatialdata(adata):
-        from kgl._spatialdata import run_on_spatialdata
-
-        return run_on_spatialdata(
-            classify_spots,
-            adata,
-            table_name=table_name,
-            copy=copy,
-            model=model,
-            library_id=library_id,
-            patch_um=patch_um,
-            input_size=input_size,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            device=device,
-            precision=precision,
-            threshold=threshold,
-            img_key=img_key,
-            spatial_key=spatial_key,
-            library_key=library_key,
-            key_added=key_added,
-            show_progress=show_progress,
-        )
     import torch
 
     from kgl import __version__
-    from kgl.im._spots import SpotPatchDataset, _check_patch_args, spot_sets
+    from kgl.im import SpotPatchDataset, check_resolution, spot_sets
+    from kgl.im._spots import _check_patch_args
     from kgl.models import fold_batchnorm, resolve_model, state_dict_sha256
     from kgl.tl._device import autocast_dtype, resolve_device
 
@@ -253,6 +236,7 @@ def classify_spots(
     if uncertain is not None and not (len(uncertain) == 2 and 0.0 <= uncertain[0] <= uncertain[1] <= 1.0):
         raise ValueError(f"uncertain must be a (low, high) band inside [0, 1], got {uncertain!r}.")
     sets = spot_sets(adata, library_id=library_id, img_key=img_key, spatial_key=spatial_key, library_key=library_key)
+    check_resolution(sets, patch_um=patch_um, size=input_size, allow_upsampling=allow_upsampling)
 
     model_sha256 = state_dict_sha256(net)
     # a folded copy: the caller's model keeps its BatchNorm layers, device and mode
@@ -280,7 +264,8 @@ def classify_spots(
         level = spots.image.levels[ds.level]
         per_lib[spots.library_id] = {
             "img_key": spots.img_key,
-            "mpp": spots.mpp,
+            **(spots.mpp_info.as_params() if spots.mpp_info is not None else {"mpp": spots.mpp}),
+            "img_mpp": spots.image_mpp,  # µm per pixel of the finest level of the image read
             "level_downsample": level.downsample,
             "n_spots": len(spots.index),
             "n_partly_outside": int((f < 1.0).sum()),

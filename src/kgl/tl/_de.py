@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from kgl._logging import logger
+from kgl._spatialdata import accepts_spatialdata
 from kgl._utils import reviewed_labels
 
 __all__ = ["PODOCYTE_MARKERS", "glom_markers", "marker_check"]
@@ -25,15 +26,9 @@ PODOCYTE_MARKERS = ("NPHS1", "NPHS2", "PODXL", "WT1", "PTPRO", "CLIC5")
 _METHODS = ("wilcoxon", "pseudobulk")
 
 
-def _as_table(adata: Any, table_name: str | None) -> Any:
-    """The AnnData to work on: ``adata`` itself, or a SpatialData's table (where classify_spots wrote the labels)."""
-    from kgl._spatialdata import _table, is_spatialdata
-
-    if is_spatialdata(adata):
-        return _table(adata, table_name)[1]
+def _no_table_name(table_name: str | None) -> None:
     if table_name is not None:
         raise ValueError("table_name is only for a SpatialData object; adata is an AnnData.")
-    return adata
 
 
 def _groups(adata: Any, key: str, group: str | None) -> tuple[pd.Series, str]:
@@ -222,6 +217,7 @@ def _pseudobulk(
     return out, design.reset_index(drop=True)
 
 
+@accepts_spatialdata("table")
 def glom_markers(
     adata: Any,
     key: str = "glomerulus",
@@ -286,7 +282,7 @@ def glom_markers(
     ``["design"]``: the profiles that entered the model).
 
     """
-    adata = _as_table(adata, table_name)
+    _no_table_name(table_name)
     if method not in _METHODS:
         raise ValueError(f"method must be one of {list(_METHODS)}, got {method!r}.")
     if int(min_spots) != min_spots or min_spots < 1:
@@ -352,6 +348,7 @@ def _match_genes(adata: Any, genes: Sequence[str], gene_symbols: str | None) -> 
     return {g: lookup.get(str(g).upper()) for g in genes}
 
 
+@accepts_spatialdata("table")
 def marker_check(
     adata: Any,
     key: str = "glomerulus",
@@ -401,7 +398,7 @@ def marker_check(
     from scipy import sparse
     from sklearn.metrics import roc_auc_score
 
-    adata = _as_table(adata, table_name)
+    _no_table_name(table_name)
     _check_genes(adata)
     markers = list(PODOCYTE_MARKERS if markers is None else markers)
     if not markers or not all(isinstance(g, str) and g for g in markers):

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from kgl._logging import logger
+from kgl._spatialdata import accepts_spatialdata
 
 __all__ = ["calibration_table", "choose_threshold", "evaluate", "evaluate_spots"]
 
@@ -266,6 +267,7 @@ def choose_threshold(
     return t
 
 
+@accepts_spatialdata("table")
 def evaluate_spots(
     adata: Any,
     *,
@@ -313,12 +315,8 @@ def evaluate_spots(
     ``n_spots == n + n_unclassified + n_no_truth + n_ambiguous``.
 
     """
-    from kgl._spatialdata import is_spatialdata
-
-    if is_spatialdata(adata):
-        from kgl._spatialdata import _table
-
-        _, adata = _table(adata, table_name)
+    if table_name is not None:
+        raise ValueError("table_name is only for a SpatialData object; adata is an AnnData.")
     proba_key = f"{key}_proba"
     missing = [k for k in (proba_key, truth_key) if k not in adata.obs]
     if missing:

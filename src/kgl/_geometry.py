@@ -1,0 +1,336 @@
+"""Visium geometry: spot and lattice constants, and the µm per pixel of a spot frame.
+
+The µm/px of the frame in which spot centres are given is taken from the **spot lattice**, the one
+physical length every Visium capture area carries: neighbouring spots are 100 µm apart (centre to
+centre, hexagonal). ``scalefactors["spot_diameter_fullres"]`` is only a cross-check, because
+producers of Visium AnnData write it differently: Space Ranger as the pixels spanning "a
+theoretical 65 µm spot", HEST-1k as 55 µm / pixel size. squidpy's experimental
+``derive_mpp_from_shapes`` and HEST derive µm/px from the spot spacing the same way.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from kgl._logging import logger
+
+SPOT_DIAMETER_UM = 55.0
+"""Physical diameter of a Visium capture spot (the area whose transcripts a spot holds)."""
+SPOT_PITCH_UM = 100.0
+"""Centre-to-centre distance of neighbouring Visium spots."""
+SPOT_DIAMETER_FULLRES_UM = 65.0
+"""What Space Ranger's ``scalefactors["spot_diameter_fullres"]`` measures: the pixels spanning "a
+theoretical 65 µm spot" (10x documentation), not the 55 µm capture area. Checked on V1_Mouse_Kidney:
+with 65 µm, the diameter-derived µm/px agrees with the 100-µm lattice; with 55 µm it is 15 % off."""
+ROW_PITCH_UM = SPOT_PITCH_UM * math.sqrt(3) / 2
+"""86.60 µm between neighbouring array rows (hexagonal lattice)."""
+COL_PITCH_UM = SPOT_PITCH_UM / 2
+"""50 µm between neighbouring array columns (rows alternate parity)."""
+
+#: Array-index steps to the three "forward" neighbours of a spot, each 100 µm away.
+_NEIGHBOUR_STEPS = ((0, 2), (1, 1), (1, -1))
+#: Fewest neighbour pairs (array lattice) or spots (nearest-neighbour spacing) for a lattice estimate.
+MIN_LATTICE_PAIRS = 3
+MIN_LATTICE_SPOTS = 5
+#: Relative disagreement between µm/px sources above which a warning is logged.
+MPP_TOLERANCE = 0.10
+#: What a spot diameter may mean: Space Ranger's theoretical 65-µm spot, or the 55-µm capture spot (HEST-1k).
+_DIAMETER_CONVENTIONS_UM = (SPOT_DIAMETER_FULLRES_UM, SPOT_DIAMETER_UM)
+
+
+def _near_median(d: np.ndarray) -> np.ndarray:
+    """Distances within :data:`MPP_TOLERANCE` of their median: their mean is robust and sub-pixel precise."""
+    return np.abs(d / np.median(d) - 1.0) <= MPP_TOLERANCE
+
+
+def lattice_pitch_px(coords: Any, array_row: Any = None, array_col: Any = None) -> tuple[float, str, int] | None:
+    """Pixels between neighbouring spots (the 100-µm pitch) in the frame of ``coords``.
+
+    With array coordinates, the distance of every pair of spots that are neighbours on the array
+    (same row two columns apart, or adjacent rows one column apart: all six neighbours of a spot
+    are 100 µm away); without them, the distance of each spot to its nearest neighbour. The mean of
+    the distances within 10 % of their median is taken (integer pixel coordinates average out;
+    missing spots, outliers and a rotated or flipped image do not matter).
+
+    Parameters
+    ----------
+    coords
+        ``(n, 2)`` spot centres ``x, y`` in pixels.
+    array_row, array_col
+        Space Ranger's array indices (``obs["array_row"]``, ``obs["array_col"]``), or ``None``.
+
+    Returns
+    -------
+    ``(pitch_px, method, n)`` with ``method`` ``"array lattice"`` or ``"nearest-neighbour spacing"``
+    and ``n`` the neighbour pairs (or spots) used; ``None`` when neither is possible (fewer than
+    :data:`MIN_LATTICE_PAIRS` neighbour pairs and fewer than :data:`MIN_LATTICE_SPOTS` spots whose
+    spacing agrees).
+
+    """
+    xy = np.asarray(coords, dtype=np.float64)[:, :2]
+    finite = np.isfinite(xy).all(axis=1)
+    if array_row is not None and array_col is not None:
+        row = np.asarray(array_row, dtype=np.float64)
+        col = np.asarray(array_col, dtype=np.float64)
+        ok = finite & np.isfinite(row) & np.isfinite(col)
+        if ok.sum() >= 2:
+            r, c, p = row[ok].astype(np.int64), col[ok].astype(np.int64), xy[ok]
+            span = int(c.max() - c.min()) + 3
+            key = (r - r.min()) * span + (c - c.min() + 1)
+            order = np.argsort(key, kind="stable")
+            sorted_key = key[order]
+            dists = []
+            for dr, dc in _NEIGHBOUR_STEPS:
+                target = key + dr * span + dc
+                pos = np.searchsorted(sorted_key, target)
+                pos = np.minimum(pos, len(sorted_key) - 1)
+                hit = sorted_key[pos] == target
+                if hit.any():
+                    j = order[pos[hit]]
+                    dists.append(np.hypot(*(p[hit] - p[j]).T))
+            d = np.concatenate(dists) if dists else np.empty(0)
+            d = d[d > 0]
+            if len(d) >= MIN_LATTICE_PAIRS:
+                keep = _near_median(d)
+                return float(np.mean(d[keep])), "array lattice", int(keep.sum())
+    p = xy[finite]
+    if len(p) >= MIN_LATTICE_SPOTS:
+        from scipy.spatial import cKDTree
+
+        d, _ = cKDTree(p).query(p, k=2)
+        nn = d[:, 1]
+        nn = nn[nn > 0]
+        if len(nn) >= MIN_LATTICE_SPOTS:
+            agree = _near_median(nn)
+            if agree.sum() >= MIN_LATTICE_SPOTS and agree.mean() >= 0.5:  # a lattice, not scattered points
+                return float(np.mean(nn[agree])), "nearest-neighbour spacing", int(agree.sum())
+    return None
+
+
+@dataclass(frozen=True)
+class SpotMpp:
+    """µm per pixel of a spot frame, with the source it came from and every value it was checked against.
+
+    Attributes
+    ----------
+    mpp
+        µm per pixel used.
+    source
+        ``"array lattice"``, ``"nearest-neighbour spacing"`` or ``"spot_diameter_fullres"``.
+    lattice
+        µm/px from the spot spacing (100 µm pitch), or ``None`` when too few spots.
+    diameter
+        µm/px from ``spot_diameter_fullres`` read as Space Ranger's 65-µm spot.
+    image
+        µm/px of the image's own metadata (TIFF/OME/Aperio), or ``None``.
+    pitch_px
+        Pixels between neighbouring spots, or ``None``.
+    n_lattice
+        Neighbour pairs (or spots) behind ``lattice``.
+
+    """
+
+    mpp: float
+    source: str
+    lattice: float | None
+    diameter: float
+    image: float | None
+    pitch_px: float | None
+    n_lattice: int
+
+    def as_params(self) -> dict[str, Any]:
+        """The record as ``uns[key]["params"]`` stores it (``mpp_*`` keys, JSON/h5ad-friendly)."""
+        d = asdict(self)
+        return {
+            "mpp": d["mpp"],
+            "mpp_source": d["source"],
+            "mpp_lattice": float("nan") if d["lattice"] is None else d["lattice"],
+            "mpp_diameter": d["diameter"],
+            "mpp_metadata": float("nan") if d["image"] is None else d["image"],
+        }
+
+
+def _log_ratio(a: float, b: float) -> float:
+    return abs(math.log(a / b))
+
+
+def _diameter_distance(pitch_px: float, diameter_px: float) -> float:
+    """How far (|log ratio|) a pitch in px is from the one a spot diameter implies, under either convention."""
+    return min(_log_ratio(pitch_px, diameter_px * SPOT_PITCH_UM / um) for um in _DIAMETER_CONVENTIONS_UM)
+
+
+def check_spot_frame(pitch_px: float, sf: Mapping[str, Any], *, where: str, spatial_key: str = "spatial") -> None:
+    """Refuse spot coordinates that are in hires/lowres pixels instead of full-resolution pixels.
+
+    Space Ranger, squidpy and kgl keep spot centres in full-resolution pixels; coordinates
+    multiplied by ``tissue_hires_scalef`` (or ``tissue_lowres_scalef``) are a classic mix-up
+    (squidpy issue #399). When the lattice spacing matches ``spot_diameter_fullres × scalef`` of an
+    image far better than ``spot_diameter_fullres`` itself, the patches would be cut at the wrong
+    places and sizes: a :class:`ValueError` says so and how to fix it.
+    """
+    d = float(sf["spot_diameter_fullres"])
+    full = _diameter_distance(pitch_px, d)
+    for res in ("hires", "lowres"):
+        s = sf.get(f"tissue_{res}_scalef")
+        try:
+            s = float(s)
+        except (TypeError, ValueError):
+            continue
+        if not (np.isfinite(s) and 0 < s < 0.8):  # a scale factor near 1 cannot be told apart
+            continue
+        there = _diameter_distance(pitch_px, d * s)
+        if there < math.log(1.25) and full > math.log(2.0):
+            expected = d * SPOT_PITCH_UM / SPOT_DIAMETER_FULLRES_UM
+            raise ValueError(
+                f"The spot coordinates of {where} (obsm[{spatial_key!r}]) look like {res} image pixels, not "
+                f"full-resolution pixels: neighbouring spots are {pitch_px:.1f} px apart, which is what "
+                f"spot_diameter_fullres ({d:.4g}) × tissue_{res}_scalef ({s:.4g}) implies for the 100-µm spot pitch, "
+                f"while full-resolution pixels would put them ~{expected:.0f} px apart. kgl, squidpy and Space Ranger "
+                f"keep spot centres in full-resolution pixels: divide them by tissue_{res}_scalef, e.g. "
+                f"adata.obsm[{spatial_key!r}] = adata.obsm[{spatial_key!r}] / {s:.6g}."
+            )
+
+
+def spot_mpp(
+    coords: Any,
+    sf: Mapping[str, Any],
+    *,
+    array_row: Any = None,
+    array_col: Any = None,
+    image_mpp: float | None = None,
+    image_name: str | None = None,
+    where: str = "the sample",
+    spatial_key: str = "spatial",
+) -> SpotMpp:
+    """µm per pixel of the spot frame: from the lattice, cross-checked against the diameter and the image.
+
+    The spot lattice (100 µm pitch, :func:`lattice_pitch_px`) is the source of truth. Only when it
+    cannot be measured (fewer than a handful of spots) is ``spot_diameter_fullres`` used, read as
+    Space Ranger's theoretical 65-µm spot, with a warning. A warning names every value when the
+    sources disagree by more than :data:`MPP_TOLERANCE`; coordinates that look like hires/lowres
+    pixels raise (:func:`check_spot_frame`).
+
+    Parameters
+    ----------
+    coords
+        ``(n, 2)`` spot centres ``x, y`` (full-resolution pixels).
+    sf
+        The library's scalefactors (``spot_diameter_fullres`` checked to be positive).
+    array_row, array_col
+        Array indices of the spots, when known.
+    image_mpp
+        µm per full-resolution pixel from the image's metadata, when it has any.
+    image_name
+        Names the image in messages.
+    where
+        Names the sample in messages.
+    spatial_key
+        Key of the coordinates in ``adata.obsm`` (for messages).
+
+    """
+    diameter_px = float(sf["spot_diameter_fullres"])
+    mpp_diam = SPOT_DIAMETER_FULLRES_UM / diameter_px
+    img = float(image_mpp) if image_mpp is not None and np.isfinite(image_mpp) and image_mpp > 0 else None
+    found = lattice_pitch_px(coords, array_row, array_col)
+    if found is None:
+        logger.warning(
+            "%s has too few spots to measure the spot lattice (need %d neighbour pairs or %d evenly spaced spots): "
+            "µm/px = %.4g from spot_diameter_fullres (%.4g px = Space Ranger's theoretical 65-µm spot). Check it if "
+            "the AnnData was not written by Space Ranger.",
+            where,
+            MIN_LATTICE_PAIRS,
+            MIN_LATTICE_SPOTS,
+            mpp_diam,
+            diameter_px,
+        )
+        result = SpotMpp(mpp_diam, "spot_diameter_fullres", None, mpp_diam, img, None, 0)
+    else:
+        pitch, method, n = found
+        check_spot_frame(pitch, sf, where=where, spatial_key=spatial_key)
+        mpp_lat = SPOT_PITCH_UM / pitch
+        result = SpotMpp(mpp_lat, method, mpp_lat, mpp_diam, img, pitch, n)
+        if _log_ratio(mpp_lat, mpp_diam) > math.log1p(MPP_TOLERANCE):
+            as55 = SPOT_DIAMETER_UM / diameter_px
+            if _log_ratio(mpp_lat, as55) <= math.log1p(MPP_TOLERANCE):
+                logger.info(
+                    "%s: spot_diameter_fullres (%.4g px) matches the 55-µm capture spot (as HEST-1k writes it), not "
+                    "Space Ranger's 65-µm spot; µm/px = %.4g from the spot lattice.",
+                    where,
+                    diameter_px,
+                    mpp_lat,
+                )
+            else:
+                logger.warning(
+                    "µm/px disagreement for %s: the spot lattice (%s, 100-µm pitch = %.1f px) gives %.4g µm/px, "
+                    "spot_diameter_fullres (%.4g px as the 65-µm spot) %.4g µm/px (%.0f%% apart). Using the lattice; "
+                    "check that the scalefactors belong to these coordinates.",
+                    where,
+                    method,
+                    pitch,
+                    mpp_lat,
+                    diameter_px,
+                    mpp_diam,
+                    100 * abs(mpp_diam / mpp_lat - 1),
+                )
+    if img is not None and _log_ratio(img, result.mpp) > math.log1p(MPP_TOLERANCE):
+        logger.warning(
+            "µm/px disagreement for %s: image metadata%s says %.4g µm/px, the %s gives %.4g µm/px (lattice %s, "
+            "spot_diameter_fullres %.4g; %.0f%% apart). Using the %s; check that the image belongs to these spots.",
+            where,
+            f" of {image_name}" if image_name else "",
+            img,
+            result.source,
+            result.mpp,
+            "n/a" if result.lattice is None else f"{result.lattice:.4g}",
+            result.diameter,
+            100 * abs(img / result.mpp - 1),
+            result.source,
+        )
+    return result
+
+
+def spot_lattice(width_um: float, height_um: float, offset_um: tuple[float, float]) -> pd.DataFrame:
+    """Visium spot centres covering a ``width_um × height_um`` rectangle.
+
+    Spot ``(array_row, array_col)`` with ``array_row + array_col`` even sits at
+    ``x = array_col · 50 µm + offset_x``, ``y = array_row · 50√3 µm + offset_y``: a hexagonal
+    lattice with 100 µm between neighbours, indexed as Space Ranger indexes a capture area.
+    """
+    ox, oy = offset_um
+    rows = np.arange(0, math.floor((height_um - oy) / ROW_PITCH_UM) + 1)
+    cols = np.arange(0, math.floor((width_um - ox) / COL_PITCH_UM) + 1)
+    rr, cc = np.meshgrid(rows, cols, indexing="ij")
+    keep = (rr + cc) % 2 == 0
+    rr, cc = rr[keep], cc[keep]
+    return pd.DataFrame(
+        {
+            "array_row": rr.astype(np.int64),
+            "array_col": cc.astype(np.int64),
+            "x_um": cc * COL_PITCH_UM + ox,
+            "y_um": rr * ROW_PITCH_UM + oy,
+        }
+    )
+
+
+def spot_coverage(xy: np.ndarray, polygons: Sequence[Any], radius: float, *, quad_segs: int = 16) -> np.ndarray:
+    """Fraction of each spot disk (centre ``xy``, ``radius``) covered by the union of ``polygons``."""
+    import shapely
+
+    xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+    cov = np.zeros(len(xy))
+    if not len(polygons) or not len(xy):
+        return cov
+    union = shapely.union_all(np.asarray(polygons, dtype=object))
+    disks = shapely.buffer(shapely.points(xy), radius, quad_segs=quad_segs)
+    shapely.prepare(union)
+    hit = shapely.intersects(disks, union)
+    if hit.any():
+        inter = shapely.intersection(disks[hit], union)
+        cov[hit] = shapely.area(inter) / shapely.area(disks[hit])
+    return np.clip(cov, 0.0, 1.0)
