@@ -147,6 +147,17 @@ def _classifies(adata: ad.AnnData, **kw: Any) -> Callable[[], Any]:
     return run
 
 
+def _classifies_subset(adata: ad.AnnData, marked: list[int], **kw: Any) -> Callable[[], Any]:
+    """Like :func:`_classifies` for an AnnData whose marked spots are at other positions."""
+
+    def run() -> Any:
+        out = kgl.tl.classify_spots(adata, center_red_model(), copy=True, show_progress=False, **kw)
+        assert np.flatnonzero(out.obs["glomerulus"] == "glomerulus").tolist() == marked
+        return out
+
+    return run
+
+
 def _rewrite(adata: ad.AnnData, path: Path) -> None:
     """Move the hires image into a full-resolution file the AnnData points to."""
     _lib(adata)["images"].pop("hires")
@@ -339,6 +350,125 @@ def _(c):
 def _(c):
     root = _outs(c.tmp / "outs")
     return lambda: kgl.io.read_visium(root, fullres_image_file="missing.tif"), [root]
+
+
+@case(
+    "visium-positions-pixel-not-a-number",
+    ValueError,
+    r"tissue_positions\.csv' line 4 \(barcode 'AAAC0002-1'\): pxl_row_in_fullres is 'def', not a number.*Restore",
+)
+def _(c):
+    root = _outs(c.tmp / "outs")
+    pos = root / "spatial" / "tissue_positions.csv"
+    df = pd.read_csv(pos, dtype=str)
+    df.loc[2, "pxl_row_in_fullres"] = "def"
+    df.to_csv(pos, index=False)
+    return lambda: kgl.io.read_visium(root), [root]
+
+
+@case(
+    "visium-positions-column-missing",
+    ValueError,
+    r"tissue_positions\.csv' lacks the column\(s\) \['array_col'\]: its header is \['barcode', 'in_tissue'",
+)
+def _(c):
+    root = _outs(c.tmp / "outs")
+    pos = root / "spatial" / "tissue_positions.csv"
+    pd.read_csv(pos).drop(columns="array_col").to_csv(pos, index=False)
+    return lambda: kgl.io.read_visium(root), [root]
+
+
+@case(
+    "visium-scalefactor-not-a-number",
+    ValueError,
+    r"scalefactors_json\.json': field 'tissue_hires_scalef' is 'abc'; it must be a positive number",
+)
+def _(c):
+    root = _outs(c.tmp / "outs")
+    sf = root / "spatial" / "scalefactors_json.json"
+    sf.write_text(json.dumps({"spot_diameter_fullres": 130.0, "tissue_hires_scalef": "abc"}))
+    return lambda: kgl.io.read_visium(root), [root]
+
+
+# --- coordinate frame and resolution ----------------------------------------------------------
+@case(
+    "coordinates-in-hires-frame",
+    ValueError,
+    r"look like hires image pixels, not full-resolution pixels.*divide them by tissue_hires_scalef",
+)
+def _(c):
+    a = _visium()
+    _lib(a)["scalefactors"]["tissue_hires_scalef"] = 0.25
+    a.obsm["spatial"] = a.obsm["spatial"] * 0.25  # the squidpy #399 mix-up
+    return _classify(a), [a]
+
+
+@case("coordinates-in-lowres-frame", ValueError, r"look like lowres image pixels.*tissue_lowres_scalef")
+def _(c):
+    a = _visium()
+    _lib(a)["scalefactors"]["tissue_lowres_scalef"] = 0.05
+    a.obsm["spatial"] = a.obsm["spatial"] * 0.05
+    return _classify(a), [a]
+
+
+@case(
+    "image-too-coarse-for-the-model",
+    ValueError,
+    r"The 'hires' image of library 'lib' has 10 µm/px, but the model needs 1\.88 µm/px.*fullres_image_file=.*"
+    r"allow_upsampling=True",
+)
+def _(c):
+    a = _visium(hires_scalef=0.05)  # 0.5 µm/px full res, 10 µm/px hires; center_red_model: 60 µm at 32 px
+    return _classify(a), [a]
+
+
+@case("image-too-coarse-allowed", None, log=r"upsampled .*allow_upsampling=True: classifying anyway")
+def _(c):
+    a = _visium(hires_scalef=0.05)
+    return lambda: kgl.tl.classify_spots(
+        a, center_red_model(), copy=True, allow_upsampling=True, show_progress=False
+    ), [a]
+
+
+@case(
+    "cli-image-too-coarse", SystemExit, r"^kgl: error: The 'hires' image of library 'lib' has 10 µm/px.*--allow-upsampl"
+)
+def _(c):
+    inp = c.tmp / "in.h5ad"
+    _visium(hires_scalef=0.05).write_h5ad(inp)
+    ckpt = _ckpt(c)
+    return lambda: _cli("classify", inp, "--out", c.tmp / "o.h5ad", "--model", ckpt, "--quiet"), [c.tmp]
+
+
+@case("mpp-too-few-spots-uses-diameter", None, log=r"too few spots to measure the spot lattice")
+def _(c):
+    a = _visium()[[4, 9, 20]].copy()  # three spots, not neighbours
+    return _classifies_subset(a, [0, 1, 2]), [a]
+
+
+@case(
+    "spot-diameter-disagrees-with-lattice",
+    None,
+    log=r"µm/px disagreement for library 'lib': the spot lattice .* gives 0\.5 µm/px, spot_diameter_fullres",
+)
+def _(c):
+    a = _visium()
+    _lib(a)["scalefactors"]["spot_diameter_fullres"] = 200.0  # 0.325 µm/px as a 65-µm spot, 0.275 as 55 µm
+    return _classifies(a), [a]
+
+
+@case("spatialdata-uncertain-none-honoured", None)
+def _(c):
+    from spatialdata_io.experimental import from_legacy_anndata
+
+    sdata = from_legacy_anndata(_visium())
+
+    def run() -> None:
+        out = kgl.tl.classify_spots(sdata, center_red_model(), uncertain=None, copy=True, show_progress=False)
+        table = out.tables["table"]
+        assert "glomerulus" in table.obs and "glomerulus_uncertain" not in table.obs
+
+    return run, [sdata.tables["table"]]
 
 
 # --- images -----------------------------------------------------------------------------------
@@ -912,6 +1042,28 @@ def _(c):
     return lambda: kgl.datasets.pseudo_visium([_TILE], [None], mpp=1.0, fullres_path=c.tmp / "blocker" / "m.tif"), [
         c.tmp
     ]
+
+
+@case("pseudo-visium-annotation-file-unknown-kind", ValueError, r"unknown kind of file '\.txt'.*QuPath GeoJSON")
+def _(c):
+    (c.tmp / "ann.txt").write_text("glomeruli somewhere")
+    return lambda: kgl.datasets.pseudo_visium([_TILE], [c.tmp / "ann.txt"], mpp=1.0), [c.tmp]
+
+
+@case("pseudo-visium-annotation-not-polygons", TypeError, r"Annotation 0 must be a GeoJSON/COCO/mask file path")
+def _(c):
+    return lambda: kgl.datasets.pseudo_visium([_TILE], [42], mpp=1.0), [c.tmp]
+
+
+@case("pseudo-visium-coco-file-for-an-array-image", ValueError, r"is a COCO file .* but image 0 is an array")
+def _(c):
+    coco = {
+        "images": [{"id": 1, "file_name": "a.png", "width": 300, "height": 300}],
+        "categories": [{"id": 0, "name": "gl"}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 0, "segmentation": [[10, 10, 90, 10, 90, 90]]}],
+    }
+    (c.tmp / "coco.json").write_text(json.dumps(coco))
+    return lambda: kgl.datasets.pseudo_visium([_TILE], [c.tmp / "coco.json"], mpp=1.0), [c.tmp]
 
 
 @case(

@@ -44,3 +44,37 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("kgl: error: Unknown model 'nonexistent_backbone'")
     assert not (tmp_path / "o.h5ad").exists()
+
+
+def test_cli_refuses_an_image_too_coarse_for_the_model(tmp_path, capsys):
+    """A 10 µm/px image for a model that needs 110 µm / 32 px = 3.4 µm/px: one error line, exit 2, no output."""
+    from kgl.models import build_model, save_checkpoint
+
+    adata = make_visium(hires_scalef=0.05)  # full res 0.5 µm/px, hires 10 µm/px
+    inp = tmp_path / "in.h5ad"
+    adata.write_h5ad(inp)
+    ckpt = save_checkpoint(build_model("mobilenet_v2", weights=None, input_size=32), tmp_path / "m.pt")
+    out = tmp_path / "o.h5ad"
+    rc = main(["classify", str(inp), "--out", str(out), "--model", str(ckpt), "--quiet"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert err.startswith("kgl: error: The 'hires' image of library 'lib' has 10 µm/px, but the model needs 3.44 µm/px")
+    assert "--fullres-image" in err and "--allow-upsampling" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1 and not out.exists()
+    rc = main(["classify", str(inp), "--out", str(out), "--model", str(ckpt), "--quiet", "--allow-upsampling"])
+    assert rc == 0 and out.exists()
+
+
+def test_no_test_reads_kgl_logs_through_plain_caplog():
+    """The kgl logger does not propagate: plain caplog sees its records only on some pytest versions."""
+    from pathlib import Path
+
+    tests = Path(__file__).parent
+    offenders = [
+        f"{p.relative_to(tests)}:{i}"
+        for p in sorted(tests.rglob("*.py"))
+        if p.name not in ("conftest.py", "test_package.py")
+        for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
+        if "caplog" in line
+    ]
+    assert offenders == [], f"use the kgl_log fixture instead of caplog: {offenders}"

@@ -8,10 +8,10 @@ import shapely
 import tifffile
 from scipy.spatial import cKDTree
 
+from kgl._geometry import spot_coverage
 from kgl._settings import settings
 from kgl._utils import SPOT_DIAMETER_FULLRES_UM, mpp_from_scalefactors
 from kgl.datasets import pas_tiles_visium, pseudo_visium
-from kgl.datasets._pseudo_visium import spot_coverage
 from kgl.io import SlideImage, read_visium
 
 RED, GREEN, BLUE = (200, 30, 30), (30, 200, 30), (30, 30, 200)
@@ -307,3 +307,67 @@ def test_layout_matches_read_visium(pas):
     assert set(pas.uns["spatial"]["pas_tiles"]) == set(real.uns["spatial"][lib])
     assert set(pas.uns["spatial"]["pas_tiles"]["scalefactors"]) == set(real.uns["spatial"][lib]["scalefactors"])
     assert pas.n_vars == real.n_vars == 0
+
+
+def test_annotations_as_file_paths_match_the_same_polygons(tmp_path):
+    """What a QuPath user has: GeoJSON / COCO / mask files, read by suffix (and COCO rows by image file name)."""
+    import json
+
+    from PIL import Image
+
+    img = _tile(200, 300, (230, 200, 220))
+    img_path = tmp_path / "a.png"
+    Image.fromarray(img).save(img_path)
+    box = [[40, 40], [160, 40], [160, 150], [40, 150], [40, 40]]  # corner-origin pixels, as QuPath writes them
+    gj = {
+        "type": "FeatureCollection",
+        "features": [
+            {
+                "type": "Feature",
+                "geometry": {"type": "Polygon", "coordinates": [box]},
+                "properties": {"classification": {"name": "glomerulus"}},
+            }
+        ],
+    }
+    (tmp_path / "a.geojson").write_text(json.dumps(gj))
+    coco = {
+        "images": [{"id": 1, "file_name": "x/a.png", "width": 300, "height": 200}],
+        "categories": [{"id": 0, "name": "gl"}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 0, "segmentation": [[c for xy in box[:-1] for c in xy]]}
+        ],
+    }
+    (tmp_path / "coco.json").write_text(json.dumps(coco))
+    mask = np.zeros((200, 300), np.uint8)
+    mask[40:150, 40:160] = 255
+    Image.fromarray(mask).save(tmp_path / "a_mask.png")
+    runs = {
+        name: pseudo_visium([img_path], [ann], mpp=1.0, seed=3)
+        for name, ann in {
+            "geojson": tmp_path / "a.geojson",
+            "coco": str(tmp_path / "coco.json"),
+            "mask": tmp_path / "a_mask.png",
+        }.items()
+    }
+    cov = {k: a.obs["glomerulus_coverage"].to_numpy() for k, a in runs.items()}
+    assert cov["geojson"].max() > 0.5 and (cov["geojson"] > 0).sum() >= 2
+    np.testing.assert_allclose(cov["coco"], cov["geojson"], atol=1e-9)
+    np.testing.assert_allclose(cov["mask"], cov["geojson"], atol=0.02)  # a raster outline of the same box
+    with pytest.raises(FileNotFoundError, match="Annotation 0"):
+        pseudo_visium([img_path], [tmp_path / "missing.geojson"], mpp=1.0)
+
+
+@pytest.mark.realdata
+def test_he_biopsy_geojson_paths():
+    """The H&E biopsy screenshots with their QuPath GeoJSON files, given as paths."""
+    import json
+
+    root = _data("glomeruli-he-biopsy")
+    meta = json.loads((root / "mpp.json").read_text())
+    names = sorted(meta)[:2]
+    adata = pseudo_visium(
+        [root / "images" / f"{n}.png" for n in names],
+        [root / "annotations" / f"{n}.geojson" for n in names],
+        mpp=[meta[n]["mpp"] for n in names],
+    )
+    assert (adata.obs["glomerulus_coverage"] >= 0.5).sum() >= 3

@@ -75,12 +75,12 @@ def test_off_image_spots_are_padded_and_flagged(visium):
     assert inside[2] == 1.0
 
 
-def test_mpp_disagreement_warns(visium, tmp_path, caplog):
+def test_mpp_disagreement_warns(visium, tmp_path, kgl_log):
     img = visium.uns["spatial"]["lib"]["images"].pop("hires")
     write_tiff_pyramid(tmp_path / "full.tif", img, mpp=0.8)  # scalefactors say 0.5
     visium.uns["spatial"]["lib"]["metadata"]["source_image_path"] = str(tmp_path / "full.tif")
     kgl.im.spot_sets(visium)
-    assert "µm/px disagreement" in caplog.text
+    assert "µm/px disagreement" in kgl_log.text
 
 
 def test_bad_arguments(visium):

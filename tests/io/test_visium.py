@@ -21,9 +21,9 @@ def mouse_kidney():
 
 
 @pytest.mark.realdata
-def test_real_mouse_kidney_folder(mouse_kidney, caplog):
+def test_real_mouse_kidney_folder(mouse_kidney, kgl_log):
     adata = read_visium(mouse_kidney)
-    assert "No count matrix" in caplog.text
+    assert "No count matrix" in kgl_log.text
     assert adata.n_obs == 1443 and adata.n_vars == 0
     assert list(adata.uns["spatial"]) == ["V1_Mouse_Kidney"]
     lib = adata.uns["spatial"]["V1_Mouse_Kidney"]
@@ -110,17 +110,17 @@ def test_counts_from_other_run_is_an_error(tmp_path):
         read_visium(root)
 
 
-def test_fullres_tiff_and_mpp_crosscheck(tmp_path, caplog):
+def test_fullres_tiff_and_mpp_crosscheck(tmp_path, kgl_log):
     root = _write_visium(tmp_path / "outs", with_counts=False)
     img = np.full((1200, 1400, 3), 200, np.uint8)
     write_tiff_pyramid(root / "image.tif", img, mpp=0.5)  # agrees: 65 µm / 130 px
     adata = read_visium(root, fullres_image_file="image.tif")
     meta = adata.uns["spatial"][next(iter(adata.uns["spatial"]))]["metadata"]
     assert meta["source_image_path"].endswith("image.tif")
-    assert "disagreement" not in caplog.text
+    assert "disagreement" not in kgl_log.text
     write_tiff_pyramid(root / "wrong.tif", img, mpp=0.8)
     read_visium(root, fullres_image_file=root / "wrong.tif")
-    assert "disagreement" in caplog.text
+    assert "disagreement" in kgl_log.text
 
 
 def test_missing_folder_and_missing_image(tmp_path):
@@ -132,3 +132,34 @@ def test_missing_folder_and_missing_image(tmp_path):
     root = _write_visium(tmp_path / "outs", with_counts=False)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         read_visium(root, fullres_image_file="missing.tif")
+
+
+def test_malformed_positions_and_scalefactors_name_the_file_and_place(tmp_path):
+    root = _write_visium(tmp_path / "outs", with_counts=False)
+    pos_file = root / "spatial" / "tissue_positions.csv"
+    good = pos_file.read_text()
+    pos = pd.read_csv(pos_file, dtype=str)
+    pos.loc[4, "pxl_col_in_fullres"] = "def"
+    pos.to_csv(pos_file, index=False)
+    with pytest.raises(ValueError, match=r"tissue_positions\.csv' line 6 \(barcode 'AAAC0004-1'\): pxl_col_in_fullres"):
+        read_visium(root)
+    pos.loc[4, "pxl_col_in_fullres"] = ""
+    pos.to_csv(pos_file, index=False)
+    with pytest.raises(ValueError, match=r"pxl_col_in_fullres is empty"):
+        read_visium(root)
+    pos.loc[4, "pxl_col_in_fullres"] = "500"
+    pos.loc[7, "array_row"] = "1.5"
+    pos.to_csv(pos_file, index=False)
+    with pytest.raises(ValueError, match=r"line 9 .*array_row is '1\.5', not an integer"):
+        read_visium(root)
+    pd.read_csv(pos_file).drop(columns="in_tissue").to_csv(pos_file, index=False)
+    with pytest.raises(ValueError, match=r"lacks the column\(s\) \['in_tissue'\]"):
+        read_visium(root)
+    pos_file.write_text(good)
+    sf = root / "spatial" / "scalefactors_json.json"
+    sf.write_text(json.dumps({"spot_diameter_fullres": 130.0, "tissue_lowres_scalef": None}))
+    with pytest.raises(ValueError, match=r"scalefactors_json\.json': field 'tissue_lowres_scalef' is None"):
+        read_visium(root)
+    sf.write_text('{"spot_diameter_fullres": 130.0,')
+    with pytest.raises(ValueError, match=r"scalefactors_json\.json' is not valid JSON"):
+        read_visium(root)

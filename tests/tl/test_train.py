@@ -51,7 +51,8 @@ def test_augmentations_are_seeded_and_shape_preserving(tmp_path):
         kgl.tl.build_transform("sepia")
 
 
-def test_train_small_run_loss_falls_and_checkpoint_roundtrips(tmp_path):
+def test_train_small_run_writes_history_checkpoint_and_calibration(tmp_path):
+    """The plumbing of a run (random init, fp32): history, files, calibration, a bit-identical checkpoint."""
     table = _synthetic_patch_table(tmp_path)
     res = kgl.tl.train(
         table,
@@ -72,7 +73,8 @@ def test_train_small_run_loss_falls_and_checkpoint_roundtrips(tmp_path):
     )
     h = res.history
     assert list(h["epoch"]) == [1, 2, 3]
-    assert res.step_loss[-4:].mean() < res.step_loss[:4].mean()
+    # a property of any correct run, not of one CPU's rounding: every step's loss is finite
+    assert len(res.step_loss) == 3 * 6 and np.isfinite(res.step_loss).all()
     for f in ("best.pt", "last.pt", "history.csv"):
         assert (tmp_path / "run" / f).exists()
     cfg = res.model.config
@@ -84,6 +86,37 @@ def test_train_small_run_loss_falls_and_checkpoint_roundtrips(tmp_path):
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(loaded.eval()(x), res.model.eval()(x))
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_train_learns_a_trivially_separable_task(tmp_path, mobilenet_weights, precision):
+    """Red disks vs pink noise on frozen ImageNet features: any correct trainer, on any CPU and in either
+    precision, ends far better than chance (AUROC 0.5, loss ln 2 = 0.69); measured here AUROC 1.0, loss ~0.45."""
+    table = _synthetic_patch_table(tmp_path)
+    res = kgl.tl.train(
+        table,
+        backbone="mobilenet_v2",
+        weights="IMAGENET1K_V1",
+        input_size=64,
+        epochs=3,
+        freeze_epochs=3,  # head only: a convex problem on fixed features
+        batch_size=8,
+        lr=1e-2,
+        patience=5,
+        out_dir=tmp_path / "run",
+        show_progress=False,
+        augment="color",
+        seed=0,
+        device="cpu",
+        precision=precision,
+    )
+    h = res.history
+    assert h["val_auroc"].max() >= 0.95
+    assert h["val_loss"].min() < 0.6 and h["train_loss"].iloc[-1] < 0.6
+    assert np.isfinite(res.step_loss).all()
+    # within one machine the checkpoint round-trips bit for bit
+    loaded = load_checkpoint(tmp_path / "run" / "best.pt")
+    assert state_dict_sha256(loaded) == state_dict_sha256(res.model)
 
 
 def test_resume_is_identical_to_an_uninterrupted_run(tmp_path, monkeypatch):
