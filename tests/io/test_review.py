@@ -148,7 +148,9 @@ def test_write_review_spots(classified, tmp_path, kind):
 
 def test_write_review_uncertain_only(tmp_path):
     adata = make_visium()
-    kgl.tl.classify_spots(adata, tiny_cnn(), show_progress=False)  # probabilities near 0.53: all uncertain
+    # a band over all of [0, 1]: every spot is flagged, whatever a random network's probabilities are
+    kgl.tl.classify_spots(adata, tiny_cnn(), show_progress=False, uncertain=(0.0, 1.0))
+    assert adata.obs["glomerulus_uncertain"].all()
     adata.obs.loc[adata.obs_names[:4], "glomerulus_uncertain"] = False
     data = _strict_load(kgl.io.write_review(adata, tmp_path / "r.geojson", spots=adata.obs["glomerulus_uncertain"]))
     assert len(data["features"]) == adata.n_obs - 4
