@@ -30,6 +30,10 @@ class _Settings:
     datadir
         Explicit location of the development data (``$KGL_DATA_DIR``); ``None`` searches for a
         ``shared/data`` folder next to the working directory or the source checkout.
+    data_url
+        A mirror of the data sets laid out like the data folder (``$KGL_DATA_URL``); ``None``
+        downloads missing data sets from their public GitHub repositories at pinned commits
+        (:func:`kgl.datasets.fetch_dataset`).
 
     """
 
@@ -37,6 +41,7 @@ class _Settings:
     datadir: Path | None = field(
         default_factory=lambda: Path(os.environ["KGL_DATA_DIR"]) if "KGL_DATA_DIR" in os.environ else None
     )
+    data_url: str | None = field(default_factory=lambda: os.environ.get("KGL_DATA_URL") or None)
 
     def data_candidates(self) -> list[Path]:
         """Folders searched, in order, for the development data."""

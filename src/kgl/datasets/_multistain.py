@@ -18,9 +18,9 @@ import numpy as np
 import pandas as pd
 
 from kgl._logging import logger
-from kgl._settings import settings
+from kgl.datasets._fetch import data_dir
 
-__all__ = ["multistain_slides", "pas_tiles_slides"]
+__all__ = ["he_biopsy_slides", "multistain_slides", "pas_tiles_slides"]
 
 _STAINS = {"masson": "Masson", "pasm": "PASM", "pas": "PAS"}
 SLIDE_COLUMNS = ["slide", "path", "group", "stain", "polygons", "n_glomeruli", "mpp", "mpp_source", "width", "height"]
@@ -54,7 +54,8 @@ def multistain_slides(*, target_glom_diameter_um: float = 200.0) -> pd.DataFrame
     """Slide table of ``glomeruli-multistain``: 105 snapshots of human renal biopsies, three stains.
 
     The images (``images/<name>``) and their COCO polygons (``annotations.json``; every category —
-    ``gl``, ``gn``, ``gm``, ``gs`` — is a glomerulus) are found with :meth:`kgl.settings.find_data`.
+    ``gl``, ``gn``, ``gm``, ``gs`` — is a glomerulus) are found locally
+    (:meth:`kgl.settings.find_data`) or downloaded (:func:`kgl.datasets.fetch_dataset`).
 
     The pixel size of these snapshots is not published and varies (glomerulus bounding boxes
     span ~200–840 px), but kgl's patches are defined in µm, as Visium spots are: the classifier
@@ -85,7 +86,7 @@ def multistain_slides(*, target_glom_diameter_um: float = 200.0) -> pd.DataFrame
 
     if not (np.isfinite(target_glom_diameter_um) and target_glom_diameter_um > 0):
         raise ValueError(f"target_glom_diameter_um must be a positive number, got {target_glom_diameter_um!r}.")
-    root = settings.find_data("glomeruli-multistain")
+    root = data_dir("glomeruli-multistain")
     ann_path = root / "annotations.json"
     image_dir = root / "images"
     coco = json.loads(ann_path.read_text(encoding="utf-8"))
@@ -135,7 +136,8 @@ def pas_tiles_slides() -> pd.DataFrame:
     """Slide table of ``glomeruli-pas-tiles``: 24 PAS tiles at 0.5 µm/px, an independent test set.
 
     Tiles ``images/<id>.png`` and binary masks ``masks/<id>.png`` (glomerulus > 0, converted with
-    :func:`kgl.io.read_mask`) are found with :meth:`kgl.settings.find_data`. Each tile is its own
+    :func:`kgl.io.read_mask`) are found locally (:meth:`kgl.settings.find_data`) or downloaded
+    (:func:`kgl.datasets.fetch_dataset`). Each tile is its own
     ``group`` (the tiles' slides are not published).
 
     Returns
@@ -148,7 +150,7 @@ def pas_tiles_slides() -> pd.DataFrame:
 
     from kgl.io._annotations import read_mask
 
-    root = settings.find_data("glomeruli-pas-tiles")
+    root = data_dir("glomeruli-pas-tiles")
     imgs = sorted((root / "images").glob("*.png"))
     if not imgs:
         raise FileNotFoundError(f"No PNG tiles in {str(root / 'images')!r}.")
@@ -172,6 +174,51 @@ def pas_tiles_slides() -> pd.DataFrame:
                 "mpp_source": "given",
                 "width": int(width),
                 "height": int(height),
+            }
+        )
+    return pd.DataFrame(rows, columns=SLIDE_COLUMNS)
+
+
+def he_biopsy_slides() -> pd.DataFrame:
+    """Slide table of ``glomeruli-he-biopsy``: 9 **H&E** renal biopsy screenshots of 2 cases.
+
+    The stain of Visium sections. Images ``images/<name>.png`` (1514 × 951 px; the viewer's
+    overlays painted white), QuPath GeoJSON ``annotations/<name>.geojson`` (polygons classified
+    ``glomerulus``, read with :func:`kgl.io.read_geojson`) and ``mpp.json`` (µm/px read from each
+    screenshot's scale bar, 0.52–1.08) are found locally or downloaded
+    (:func:`kgl.datasets.fetch_dataset`). Some images show the same glomeruli at two
+    magnifications, so ``group`` is the **case** (``C002``, ``C004``: the file name's first
+    ``_``-separated field): split by it, never by image.
+
+    Returns
+    -------
+    :class:`pandas.DataFrame` with the columns of :func:`multistain_slides`; ``stain`` is ``H&E``
+    and ``mpp_source`` ``"scale bar"``.
+
+    """
+    from kgl.io._annotations import read_geojson
+
+    root = data_dir("glomeruli-he-biopsy")
+    meta = json.loads((root / "mpp.json").read_text(encoding="utf-8"))
+    rows = []
+    for stem in sorted(meta):
+        path = root / "images" / f"{stem}.png"
+        ann = root / "annotations" / f"{stem}.geojson"
+        if not path.is_file() or not ann.is_file():
+            raise FileNotFoundError(f"{root}: {stem} lacks its image or annotation ({path.name}, {ann.name}).")
+        polys = list(read_geojson(ann, classes="glomerulus")["geometry"])
+        rows.append(
+            {
+                "slide": stem,
+                "path": str(path.resolve()),
+                "group": stem.split("_")[0],
+                "stain": "H&E",
+                "polygons": polys,
+                "n_glomeruli": len(polys),
+                "mpp": float(meta[stem]["mpp"]),
+                "mpp_source": "scale bar",
+                "width": int(meta[stem]["width"]),
+                "height": int(meta[stem]["height"]),
             }
         )
     return pd.DataFrame(rows, columns=SLIDE_COLUMNS)

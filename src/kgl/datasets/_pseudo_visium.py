@@ -31,7 +31,7 @@ from kgl._logging import logger
 from kgl._settings import settings
 from kgl._utils import ensure_dir
 
-__all__ = ["pas_tiles_visium", "pseudo_visium"]
+__all__ = ["he_biopsy_visium", "pas_tiles_visium", "pseudo_visium"]
 
 # Space Ranger's fiducial_diameter_fullres / spot_diameter_fullres (V1_Mouse_Kidney scalefactors_json.json)
 _FIDUCIAL_TO_SPOT = 144.509730125681 / 89.4584043635168
@@ -510,9 +510,10 @@ def pas_tiles_visium(*, seed: int = 0, **kwargs: Any) -> Any:
     :class:`~anndata.AnnData`, see :func:`pseudo_visium`.
 
     """
+    from kgl.datasets._fetch import data_dir
     from kgl.io._annotations import read_mask
 
-    root = settings.find_data("glomeruli-pas-tiles")
+    root = data_dir("glomeruli-pas-tiles")
     imgs = sorted((root / "images").glob("*.png"))
     if not imgs:
         raise FileNotFoundError(f"No PNG tiles in {str(root / 'images')!r}.")
@@ -523,3 +524,54 @@ def pas_tiles_visium(*, seed: int = 0, **kwargs: Any) -> Any:
     kwargs.setdefault("mpp", 0.5)
     kwargs.setdefault("library_id", "pas_tiles")
     return pseudo_visium(imgs, polys, seed=seed, **kwargs)
+
+
+def he_biopsy_visium(*, cases: str | Sequence[str] | None = None, seed: int = 0, **kwargs: Any) -> Any:
+    """Pseudo-Visium sample from the H&E biopsy screenshots of ``glomeruli-he-biopsy``.
+
+    The images of :func:`kgl.datasets.he_biopsy_slides` (optionally only some ``cases``) are
+    resampled to the µm/px of the first one and mosaicked under a Visium spot lattice by
+    :func:`pseudo_visium`, with ``library_id="he_biopsy"`` (or ``he_biopsy_<case>`` for one case).
+    ``obs["source_image"]`` names each spot's screenshot and ``obs["case"]`` its case, so results
+    can be read per case (leave-one-case-out evaluation).
+
+    Parameters
+    ----------
+    cases
+        Case id(s) to include (``"C002"``, ``"C004"``); all by default.
+    seed
+        Seed of the spot lattice offset.
+    **kwargs
+        Passed on to :func:`pseudo_visium` (e.g. ``target_mpp``, ``gap_um``, ``library_id``).
+
+    Returns
+    -------
+    :class:`~anndata.AnnData`, see :func:`pseudo_visium`.
+
+    """
+    from kgl.datasets._multistain import he_biopsy_slides
+
+    slides = he_biopsy_slides()
+    available = sorted(slides["group"].unique())
+    if cases is not None:
+        wanted = [cases] if isinstance(cases, str) else list(cases)
+        unknown = [c for c in wanted if c not in available]
+        if unknown:
+            raise ValueError(f"Unknown case(s) {unknown}; the H&E biopsy set has {available}.")
+        slides = slides[slides["group"].isin(wanted)]
+    kwargs.setdefault(
+        "library_id",
+        "he_biopsy" if cases is None or len(slides["group"].unique()) > 1 else f"he_biopsy_{slides['group'].iloc[0]}",
+    )
+    kwargs.setdefault("gap_um", 20.0)
+    adata = pseudo_visium(
+        list(slides["path"]),
+        list(slides["polygons"]),
+        mpp=list(slides["mpp"]),
+        names=list(slides["slide"]),
+        seed=seed,
+        **kwargs,
+    )
+    case_of = dict(zip(slides["slide"], slides["group"], strict=True))
+    adata.obs["case"] = pd.Categorical(adata.obs["source_image"].astype(str).map(case_of))
+    return adata

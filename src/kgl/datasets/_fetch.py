@@ -1,0 +1,171 @@
+"""Where the public training/test sets come from: a local copy, else a sha256-checked download.
+
+Each data set is looked for locally first (:meth:`kgl.settings.find_data`: ``$KGL_DATA_DIR`` or a
+``shared/data`` folder near the working directory). When it is not there, its files are fetched
+with :mod:`pooch` into ``<settings.cachedir>/data/<name>`` from the public GitHub repositories at
+the commits pinned in ``_sources.tsv`` (one row per file: repository, commit, path, sha256), each
+checked against its sha256, and reused from then on.
+
+``$KGL_DATA_URL`` (:attr:`kgl.settings.data_url`) names a mirror laid out like the data folder
+(``<url>/<name>/<file>``), checked against the sha256 of that layout; the tests serve the shared
+data folder that way on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from kgl._logging import logger
+from kgl._settings import settings
+
+__all__ = ["DATASETS", "data_dir", "fetch_dataset", "source_url"]
+
+#: The data sets kgl can fetch, with what each is.
+DATASETS = {
+    "glomeruli-multistain": "105 Masson/PASM/PAS renal biopsy snapshots, COCO glomerulus polygons (Jiang et al. 2021)",
+    "glomeruli-pas-tiles": "24 PAS 20x tiles with binary glomerulus masks (AIDPATH, CC BY 4.0)",
+    "glomeruli-he-biopsy": "9 H&E renal biopsy screenshots of 2 cases with QuPath GeoJSON glomeruli",
+    "visium-mouse-kidney": "10x Visium V1_Mouse_Kidney spatial/ folder (CC BY-SA 4.0)",
+}
+_GITHUB_RAW = "https://raw.githubusercontent.com/{repository}/{commit}/{source_path}"
+#: Files kgl derived from the published ones; they ship with kgl (not downloadable upstream).
+_PACKAGED = {("glomeruli-he-biopsy", "mpp.json"): "_he_biopsy_mpp.json"}
+
+
+@cache
+def _manifest() -> dict[str, list[dict[str, str]]]:
+    text = resources.files("kgl.datasets").joinpath("_sources.tsv").read_text(encoding="utf-8")
+    out: dict[str, list[dict[str, str]]] = {}
+    for row in csv.DictReader(text.splitlines(), delimiter="\t"):
+        out.setdefault(row["dataset"], []).append(row)
+    return out
+
+
+def _rows(name: str) -> list[dict[str, str]]:
+    man = _manifest()
+    if name not in man:
+        raise KeyError(f"Unknown data set {name!r}. kgl can fetch: {sorted(man)}.")
+    return man[name]
+
+
+def source_url(row: dict[str, str]) -> str:
+    """The pinned public URL of one manifest row (``raw.githubusercontent.com/<repo>/<commit>/<path>``)."""
+    return _GITHUB_RAW.format(**row)
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _paint_white(src: Path, dest: Path, rects: list[list[int]]) -> None:
+    """Copy an image with the given PIL-inclusive rectangles painted white (the viewer's overlays)."""
+    import numpy as np
+    from PIL import Image
+
+    from kgl._utils import atomic_path
+
+    with Image.open(src) as im:
+        arr = np.array(im.convert("RGB"))
+    for x0, y0, x1, y1 in rects:
+        arr[y0 : y1 + 1, x0 : x1 + 1] = 255
+    with atomic_path(dest) as tmp:
+        Image.fromarray(arr).save(tmp, format="PNG")
+
+
+def _retrieve(url: str, sha256: str, dest: Path, what: str) -> None:
+    import pooch
+
+    try:
+        pooch.retrieve(url, known_hash=f"sha256:{sha256}", fname=dest.name, path=dest.parent, progressbar=False)
+    except ValueError as e:  # pooch: hash mismatch (the download is deleted)
+        raise ValueError(
+            f"The download of {what} from {url} failed its sha256 hash check (expected {sha256}); it was deleted and "
+            f"nothing was cached. Retry; if it fails again the published file changed. ({e})"
+        ) from e
+    except OSError as e:  # network errors (requests' exceptions are OSErrors)
+        raise ConnectionError(
+            f"Could not download {what} from {url}: {e}. Check the network, or point KGL_DATA_DIR at a local copy."
+        ) from e
+
+
+def fetch_dataset(name: str, *, base_url: str | None = None) -> Path:
+    """Download a data set into ``<settings.cachedir>/data/<name>`` (sha256-checked) and return that folder.
+
+    Parameters
+    ----------
+    name
+        One of :data:`DATASETS`.
+    base_url
+        A mirror laid out like the data folder (``<base_url>/<name>/<file>``); default
+        :attr:`kgl.settings.data_url`, else the pinned GitHub URLs (:func:`source_url`).
+
+    Notes
+    -----
+    Files already in the cache with the right sha256 are not downloaded again. The H&E biopsy
+    screenshots are published with the viewer's overlays (scale bar, overview inset, cursor box);
+    from GitHub they are fetched as published and a copy with those rectangles painted white is
+    written next to them, as in kgl's development data.
+
+    """
+    rows = _rows(name)
+    base_url = base_url if base_url is not None else settings.data_url
+    dest = Path(settings.cachedir) / "data" / name
+    meta: dict[str, Any] | None = None
+    for row in rows:
+        target = dest / row["file"]
+        what = f"{name}/{row['file']}"
+        packaged = _PACKAGED.get((name, row["file"]))
+        if packaged is not None and base_url is None:
+            data = resources.files("kgl.datasets").joinpath(packaged).read_bytes()
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+            continue
+        if base_url is not None:
+            _retrieve(f"{base_url.rstrip('/')}/{name}/{row['file']}", row["shared_sha256"], target, what)
+            continue
+        if row["source_sha256"] == row["shared_sha256"]:
+            _retrieve(source_url(row), row["source_sha256"], target, what)
+            continue
+        # published with overlays: keep the download under source/, paint a copy where kgl reads it
+        raw = dest / "source" / row["file"]
+        _retrieve(source_url(row), row["source_sha256"], raw, what)
+        if not target.exists():
+            if meta is None:
+                meta = json.loads(resources.files("kgl.datasets").joinpath(_PACKAGED[(name, "mpp.json")]).read_text())
+            _paint_white(raw, target, meta[Path(row["file"]).stem]["painted_white"])
+    logger.info("data set %r is in %s (%d files, sha256-checked).", name, dest, len(rows))
+    return dest
+
+
+def data_dir(name: str) -> Path:
+    """The folder of a data set: the local copy (:meth:`kgl.settings.find_data`), else :func:`fetch_dataset`.
+
+    Raises
+    ------
+    FileNotFoundError
+        Neither a local copy nor a download was possible; says where it looked and what failed.
+
+    """
+    try:
+        return settings.find_data(name)
+    except FileNotFoundError as local:
+        if name not in _manifest():
+            raise
+        if os.environ.get("KGL_OFFLINE"):
+            raise FileNotFoundError(f"{local} (KGL_OFFLINE is set: not downloading it).") from None
+        try:
+            return fetch_dataset(name)
+        except (ConnectionError, ValueError) as e:
+            raise FileNotFoundError(f"{local}\nDownloading it failed too: {e}") from e
