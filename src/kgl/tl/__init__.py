@@ -1,5 +1,6 @@
 """Tools: classify spots, train and evaluate the classifier, glomerular differential expression."""
 
+from kgl.tl._adapt import adapt_batchnorm, expected_f1_threshold, prior_shift
 from kgl.tl._classify import classify_spots
 from kgl.tl._de import PODOCYTE_MARKERS, glom_markers, marker_check
 from kgl.tl._evaluate import calibration_table, choose_threshold, evaluate, evaluate_spots
@@ -21,6 +22,7 @@ __all__ = [
     "PODOCYTE_MARKERS",
     "PatchDataset",
     "TrainResult",
+    "adapt_batchnorm",
     "build_transform",
     "calibrated_proba",
     "calibration_table",
@@ -30,9 +32,11 @@ __all__ = [
     "evaluate",
     "evaluate_patches",
     "evaluate_spots",
+    "expected_f1_threshold",
     "fit_calibration",
     "glom_markers",
     "marker_check",
+    "prior_shift",
     "split_by_group",
     "train",
     "train_default_model",

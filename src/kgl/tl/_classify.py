@@ -15,6 +15,28 @@ from kgl._utils import write_obs_key
 __all__ = ["classify_spots"]
 
 _COLORS = {"other": "#d9d9d9", "glomerulus": "#d62728"}
+_THRESHOLD_RULES = ("expected-f1", "prior-shift")
+
+
+def _one_threshold(per_lib: dict[str, dict[str, Any]]) -> float:
+    values = [v["threshold"] for v in per_lib.values()]
+    return float(values[0]) if len(values) == 1 else float("nan")
+
+
+def validation_prior(cfg: dict) -> float:
+    """Share of glomerulus patches in the model's validation set: the prior its calibration was fitted under."""
+    try:
+        counts = cfg["training"]["class_counts"]["val"]
+        pos = float(counts[cfg.get("positive_class", cfg["class_names"][-1])])
+        total = float(sum(counts.values()))
+    except (KeyError, TypeError) as e:
+        raise ValueError(
+            "threshold='prior-shift' needs the validation class counts the model was calibrated on "
+            "(config['training']['class_counts']['val']); this model has none. Use threshold='expected-f1'."
+        ) from e
+    if not 0 < pos < total:
+        raise ValueError(f"The model's validation class counts {counts} do not give a prior in (0, 1).")
+    return pos / total
 
 
 def _prefetch(items: Any, depth: int = 2) -> Any:
@@ -127,8 +149,9 @@ def classify_spots(
     num_workers: int = 0,
     device: Any = "auto",
     precision: str = "auto",
-    threshold: float | None = None,
+    threshold: float | str | None = None,
     uncertain: tuple[float, float] | None = (0.2, 0.8),
+    adapt_bn: bool = False,
     img_key: str | None = None,
     allow_upsampling: bool = False,
     spatial_key: str = "spatial",
@@ -169,11 +192,20 @@ def classify_spots(
         ``"auto"`` (AMP on CUDA, bf16 autocast on CPUs with native bf16, else fp32), ``"fp32"``,
         ``"bf16"`` or ``"fp16"``.
     threshold
-        Probability above which a spot is called ``glomerulus``; the model's own by default.
+        Probability above which a spot is called ``glomerulus``: a number, ``None`` (the model's
+        own, chosen on its validation set), ``"expected-f1"`` (per library, the threshold that
+        maximises the F1 expected under the calibrated probabilities of that library's spots:
+        :func:`kgl.tl.expected_f1_threshold`) or ``"prior-shift"`` (per library, the probabilities
+        are first re-estimated for that library's glomerulus prior by EM, :func:`kgl.tl.prior_shift`,
+        then thresholded as ``"expected-f1"``; ``obs[f"{key_added}_proba"]`` holds the adjusted values).
     uncertain
         Band of calibrated probabilities flagged in ``obs[f"{key_added}_uncertain"]``: calls worth a
         manual review (the threshold chosen on in-domain validation may move under a stain/site
         shift). ``None``: no flag.
+    adapt_bn
+        Test-time adaptation per library (AdaBN): re-estimate the BatchNorm statistics on that
+        library's own patches before classifying it (:func:`kgl.tl.adapt_batchnorm`; one extra pass,
+        no labels; the caller's model is not changed).
     img_key
         Which image to read (``"fullres"``, ``"hires"``, ``"lowres"``); the highest resolution by default.
     allow_upsampling
@@ -230,24 +262,41 @@ def classify_spots(
     patch_um = float(cfg["patch_um"] if patch_um is None else patch_um)
     input_size = int(cfg["input_size"] if input_size is None else input_size)
     _check_patch_args(patch_um, input_size)
-    threshold = float(cfg["threshold"] if threshold is None else threshold)
-    if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold must be in [0, 1], got {threshold!r}.")
+    threshold_given = threshold is not None
+    threshold_rule = threshold if isinstance(threshold, str) else None
+    if threshold_rule is not None:
+        if threshold_rule not in _THRESHOLD_RULES:
+            raise ValueError(f"threshold must be a number, None or one of {_THRESHOLD_RULES}, got {threshold!r}.")
+        train_prior = validation_prior(cfg) if threshold_rule == "prior-shift" else None
+        threshold = float(cfg["threshold"])  # recorded; each library gets its own below
+    else:
+        threshold = float(cfg["threshold"] if threshold is None else threshold)
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1], got {threshold!r}.")
     if uncertain is not None and not (len(uncertain) == 2 and 0.0 <= uncertain[0] <= uncertain[1] <= 1.0):
         raise ValueError(f"uncertain must be a (low, high) band inside [0, 1], got {uncertain!r}.")
     sets = spot_sets(adata, library_id=library_id, img_key=img_key, spatial_key=spatial_key, library_key=library_key)
     check_resolution(sets, patch_um=patch_um, size=input_size, allow_upsampling=allow_upsampling)
 
     model_sha256 = state_dict_sha256(net)
+    base = net
     # a folded copy: the caller's model keeps its BatchNorm layers, device and mode
-    net = fold_batchnorm(net).to(dev, memory_format=torch.channels_last)
+    folded = None if adapt_bn else fold_batchnorm(base).to(dev, memory_format=torch.channels_last)
     n = adata.n_obs
     proba = np.full(n, np.nan, dtype=np.float32)
+    thresholds = np.full(n, threshold, dtype=np.float64)
     inside = np.full(n, np.nan, dtype=np.float32)
     emb = None
     per_lib: dict[str, dict[str, Any]] = {}
     for spots in sets:
         ds = SpotPatchDataset(spots, patch_um=patch_um, size=input_size)
+        net = folded
+        if adapt_bn:
+            from kgl.tl._adapt import adapt_batchnorm
+
+            patches = (ds.read_chunk(idx)[0] for idx in ds.chunks(batch_size))
+            net = fold_batchnorm(adapt_batchnorm(base, patches, device=dev, amp=amp))
+            net = net.to(dev, memory_format=torch.channels_last)
         p, e, f = _predict(
             net,
             ds,
@@ -258,11 +307,24 @@ def classify_spots(
             show_progress=show_progress,
             desc=f"classify {spots.library_id}",
         )
+        lib_info: dict[str, Any] = {}
+        if threshold_rule == "prior-shift":
+            from kgl.tl._adapt import prior_shift
+
+            adjusted, prior = prior_shift(p, train_prior)
+            p = adjusted.astype(np.float32)
+            lib_info.update(prior=prior, train_prior=train_prior)
+        if threshold_rule is not None:
+            from kgl.tl._adapt import expected_f1_threshold
+
+            thresholds[spots.index] = lib_info["threshold"] = expected_f1_threshold(p)
         if emb is None:
             emb = np.full((n, e.shape[1]), np.nan, dtype=np.float32)
         proba[spots.index], emb[spots.index], inside[spots.index] = p, e, f
         level = spots.image.levels[ds.level]
         per_lib[spots.library_id] = {
+            **lib_info,
+            "adapted_bn": bool(adapt_bn),
             "img_key": spots.img_key,
             **(spots.mpp_info.as_params() if spots.mpp_info is not None else {"mpp": spots.mpp}),
             "img_mpp": spots.image_mpp,  # µm per pixel of the finest level of the image read
@@ -282,7 +344,7 @@ def classify_spots(
     positive = cfg.get("positive_class", classes[-1])
     negative = next(c for c in classes if c != positive)
     done = ~np.isnan(proba)
-    labels = np.where(proba > threshold, positive, negative).astype(object)
+    labels = np.where(proba > thresholds, positive, negative).astype(object)
     labels[~done] = np.nan
     params = {
         "model": cfg.get("name", cfg["backbone"]),
@@ -292,7 +354,10 @@ def classify_spots(
         "model_sha256": model_sha256,
         "patch_um": patch_um,
         "input_size": input_size,
-        "threshold": threshold,
+        # one number per call; with a per-library rule, that library's (NaN for several libraries)
+        "threshold": threshold if threshold_rule is None else _one_threshold(per_lib),
+        "threshold_rule": threshold_rule or ("given" if threshold_given else "validation"),
+        "adapt_bn": bool(adapt_bn),
         "uncertain": None if uncertain is None else [float(u) for u in uncertain],
         "temperature": float(cfg.get("temperature", 1.0)),
         "logit_bias": float(cfg.get("logit_bias", 0.0)),
