@@ -4,6 +4,7 @@ from kgl.tl._adapt import adapt_batchnorm, expected_f1_threshold, prior_shift
 from kgl.tl._classify import classify_spots
 from kgl.tl._de import PODOCYTE_MARKERS, glom_markers, marker_check
 from kgl.tl._evaluate import calibration_table, choose_threshold, evaluate, evaluate_spots
+from kgl.tl._protocol import evaluate_recipe, summarise_protocol
 from kgl.tl._recipe import DEFAULT_RECIPE, evaluate_patches, train_default_model
 from kgl.tl._split import check_no_leakage, split_by_group
 from kgl.tl._train import (
@@ -31,6 +32,7 @@ __all__ = [
     "classify_spots",
     "evaluate",
     "evaluate_patches",
+    "evaluate_recipe",
     "evaluate_spots",
     "expected_f1_threshold",
     "fit_calibration",
@@ -38,6 +40,7 @@ __all__ = [
     "marker_check",
     "prior_shift",
     "split_by_group",
+    "summarise_protocol",
     "train",
     "train_default_model",
 ]

@@ -27,7 +27,39 @@ __all__ = [
 ]
 
 #: Named augmentation recipes (geometric flips/rot90 + blur in all; the colour part differs).
-AUGMENTATIONS = ("none", "color", "hed", "hed+color", "grey")
+AUGMENTATIONS = ("none", "color", "hed", "hed+color", "grey", "strong", "randstain", "randstain+strong")
+
+#: RandStainNA-style target statistics (OpenCV 8-bit L*a*b*: L 0–255, a and b centred on 128): wide
+#: enough to cover H&E (pink-purple, a ≈ 140–160), PAS (magenta), Masson (blue-green, a < 128) and silver.
+_LAB_MEAN_RANGE = ((110.0, 225.0), (118.0, 170.0), (100.0, 140.0))
+_LAB_STD_RANGE = ((15.0, 60.0), (4.0, 22.0), (4.0, 22.0))
+
+
+def _random_lab_stats(p: float) -> Any:
+    """RandStainNA-style augmentation (Shen et al. 2022): random L*a*b* statistics per patch.
+
+    Each channel is standardised and given a random target mean and std (uniform over
+    :data:`_LAB_MEAN_RANGE` / :data:`_LAB_STD_RANGE`), so the network sees the same tissue in many
+    plausible stain colourings, H&E among them. Written here because RandStainNA is not packaged.
+    """
+    import albumentations as A
+    import cv2
+
+    class RandomLabStats(A.ImageOnlyTransform):
+        def get_params(self) -> dict[str, Any]:
+            rng = self.random_generator
+            means = np.array([rng.uniform(lo, hi) for lo, hi in _LAB_MEAN_RANGE], dtype=np.float32)
+            stds = np.array([rng.uniform(lo, hi) for lo, hi in _LAB_STD_RANGE], dtype=np.float32)
+            return {"means": means, "stds": stds}
+
+        def apply(self, img: np.ndarray, means: np.ndarray, stds: np.ndarray, **params: Any) -> np.ndarray:
+            lab = cv2.cvtColor(img, cv2.COLOR_RGB2LAB).astype(np.float32)
+            mu = lab.reshape(-1, 3).mean(0)
+            sd = lab.reshape(-1, 3).std(0) + 1e-3
+            lab = (lab - mu) / sd * stds + means
+            return cv2.cvtColor(np.clip(lab, 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB)
+
+    return RandomLabStats(p=p)
 
 
 def build_transform(augment: str = "hed+color", *, train: bool = True, seed: int = 0) -> Any:
@@ -38,7 +70,10 @@ def build_transform(augment: str = "hed+color", *, train: bool = True, seed: int
     augment
         ``"none"``, ``"color"`` (brightness/contrast/saturation/hue jitter), ``"hed"`` (stain
         augmentation in haematoxylin–eosin–DAB space, :class:`albumentations.HEStain`),
-        ``"hed+color"`` (both) or ``"grey"`` (greyscale replicated to 3 channels: morphology only).
+        ``"hed+color"`` (both), ``"grey"`` (greyscale replicated to 3 channels: morphology only),
+        ``"strong"`` (HED as above plus the strong HSV jitter of Tellez et al. 2019, hue over the
+        whole circle, and 10 % random greyscale), ``"randstain"`` (RandStainNA-style random
+        L*a*b* statistics covering H&E, PAS, Masson and silver colours) or ``"randstain+strong"``.
         Every recipe adds flips, 90° rotations and light Gaussian blur when ``train``.
     train
         Evaluation transforms are the identity, except ``"grey"``, which must also apply at inference.
@@ -53,7 +88,9 @@ def build_transform(augment: str = "hed+color", *, train: bool = True, seed: int
     ops: list[Any] = []
     if train:
         ops += [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5), A.RandomRotate90(p=1.0)]
-        if "hed" in augment:
+        if "randstain" in augment:
+            ops.append(_random_lab_stats(p=0.8))
+        if "hed" in augment or "strong" in augment:
             ops.append(
                 A.HEStain(
                     method="random_preset", intensity_scale_range=(0.6, 1.4), intensity_shift_range=(-0.25, 0.25), p=0.8
@@ -61,6 +98,9 @@ def build_transform(augment: str = "hed+color", *, train: bool = True, seed: int
             )
         if "color" in augment:
             ops.append(A.ColorJitter(brightness=0.25, contrast=0.25, saturation=0.3, hue=0.08, p=0.8))
+        if "strong" in augment:  # Tellez et al. 2019, HSV-strong
+            ops.append(A.ColorJitter(brightness=0.3, contrast=0.3, saturation=(0.3, 1.7), hue=0.5, p=0.8))
+            ops.append(A.ToGray(num_output_channels=3, p=0.1))
         ops.append(A.GaussianBlur(blur_limit=(3, 5), p=0.2))
     if augment == "grey":
         ops.append(A.ToGray(num_output_channels=3, p=1.0))

@@ -1,0 +1,229 @@
+"""The evaluation protocol every recipe choice is made with: seeds × held-out sets × adaptations.
+
+For a recipe (:data:`kgl.tl.DEFAULT_RECIPE` plus ``he_repeat``), train with several seeds and
+measure, per seed, on data never trained on:
+
+- the held-out multistain biopsies (patch level; the split is by biopsy);
+- the PAS tiles of another site (:func:`kgl.datasets.pas_tiles_visium`, spot level);
+- H&E **leave one case out** (:func:`kgl.datasets.he_biopsy_visium`, spot level): a recipe that
+  trains on H&E (``he_repeat > 0``) is trained twice per seed, once without each case (with the
+  other case's patches repeated ``he_repeat`` times) and tested on the case left out; a recipe
+  without H&E is trained once and tested on both cases.
+
+Each spot set is classified as is and with AdaBN (:func:`kgl.tl.adapt_batchnorm`), and called
+with the validation threshold, the sample's expected-F1 threshold and EM prior-shift + expected-F1
+(:mod:`kgl.tl._adapt`). Thresholds and calibration are fitted on the multistain validation split
+only, never on a test case.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from kgl._logging import logger
+
+__all__ = ["HE_CASES", "evaluate_recipe", "summarise_protocol"]
+
+#: The H&E biopsy cases (``kgl.datasets.he_biopsy_slides()["group"]``).
+HE_CASES = ("C002", "C004")
+_METRICS = ("roc_auc", "pr_auc", "f1", "precision", "recall", "ece")
+_VARIANTS = (("plain", "validation"), ("plain", "expected-f1"), ("plain", "prior-shift"), ("adabn", "validation"),
+             ("adabn", "expected-f1"), ("adabn", "prior-shift"))  # fmt: skip
+
+
+def _spot_rows(model: Any, adata: Any, *, device: Any, adabn: bool, base: dict[str, Any]) -> list[dict[str, Any]]:
+    """Classify a pseudo-Visium as is (and with AdaBN) and score each threshold rule against its coverage."""
+    from kgl.tl._adapt import expected_f1_threshold, prior_shift
+    from kgl.tl._classify import classify_spots, validation_prior
+    from kgl.tl._evaluate import evaluate
+
+    cov = adata.obs["glomerulus_coverage"].to_numpy(dtype=float)
+    keep = (cov >= 0.5) | (cov == 0)  # ambiguous spots (0 < coverage < 0.5) are left out
+    y = (cov[keep] >= 0.5).astype(int)
+    cfg = model.config
+    rows = []
+    for tta in ("plain", "adabn") if adabn else ("plain",):
+        out = classify_spots(
+            adata, model, adapt_bn=tta == "adabn", copy=True, show_progress=False, device=device, uncertain=None
+        )
+        p_all = out.obs["glomerulus_proba"].to_numpy(dtype=np.float64)
+        p = p_all[keep]
+        for rule in ("validation", "expected-f1", "prior-shift"):
+            q, extra = p, {}
+            if rule == "validation":
+                thr = float(cfg["threshold"])
+            elif rule == "expected-f1":
+                thr = expected_f1_threshold(p_all)
+            else:
+                adj, prior = prior_shift(p_all, validation_prior(cfg))
+                q, thr = adj[keep], expected_f1_threshold(adj)
+                extra["prior"] = prior
+            m = evaluate(y, q, threshold=thr)
+            rows.append({**base, "tta": tta, "threshold_rule": rule, "threshold": thr, "n": len(y),
+                         "n_pos": int(y.sum()), **{k: m[k] for k in _METRICS}, **extra})  # fmt: skip
+    return rows
+
+
+def evaluate_recipe(
+    recipe: dict[str, Any] | None = None,
+    *,
+    seeds: Sequence[int] = (0, 1, 2),
+    out_dir: str | os.PathLike | None = None,
+    max_patches_per_split: int | None = None,
+    adabn: bool = True,
+    device: Any = "auto",
+    show_progress: bool = False,
+) -> pd.DataFrame:
+    """Train ``recipe`` with each seed and score it on every held-out set (see the module docstring).
+
+    Parameters
+    ----------
+    recipe
+        Entries overriding :data:`kgl.tl.DEFAULT_RECIPE`, plus ``he_repeat`` (int, default 0):
+        how many times the training case's H&E patches are repeated in the training split (0: no
+        H&E in training).
+    seeds
+        Seeds of patch sampling, split and training (≥ 3 for a claim).
+    out_dir
+        Where each run's checkpoints and history go (``<out_dir>/seed<k>-<fold>``), and the rows as
+        ``protocol.csv``; a temporary folder when ``None``.
+    max_patches_per_split
+        Subsample each multistain split (class balance kept) for quick runs.
+    adabn
+        Also score every spot set with AdaBN.
+    device, show_progress
+        As in :func:`kgl.tl.train`.
+
+    Returns
+    -------
+    One row per (seed, held-out case, test set, adaptation, threshold rule): ``seed``, ``fold``
+    (the H&E case left out of training, ``"none"`` when no H&E is trained on), ``set``
+    (``multistain-test``, ``pas-spots``, ``he-spots``), ``case``, ``tta``, ``threshold_rule``,
+    ``threshold``, ``n``, ``n_pos`` and the metrics of :func:`kgl.tl.evaluate`; plus ``seconds``
+    (training time). ``attrs["recipe"]`` holds the recipe.
+
+    """
+    import tempfile
+
+    import kgl
+    from kgl.tl._recipe import DEFAULT_RECIPE, _subsample, evaluate_patches
+    from kgl.tl._train import train
+
+    recipe = dict(recipe or {})
+    he_repeat = int(recipe.pop("he_repeat", 0))
+    unknown = set(recipe) - set(DEFAULT_RECIPE)
+    if unknown:
+        raise TypeError(
+            f"Unknown recipe entries {sorted(unknown)}; the recipe has {sorted(DEFAULT_RECIPE)} + he_repeat."
+        )
+    if he_repeat < 0:
+        raise ValueError(f"he_repeat must be >= 0, got {he_repeat}.")
+    if not len(seeds):
+        raise ValueError("seeds must name at least one seed.")
+    full = {**DEFAULT_RECIPE, **recipe}
+    tmp = None
+    if out_dir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="kgl-protocol-")
+        out_dir = tmp.name
+    out = Path(out_dir)
+    slides = kgl.datasets.multistain_slides()
+    he_slides = kgl.datasets.he_biopsy_slides()
+    pas = kgl.datasets.pas_tiles_visium()
+    he_spots = {case: kgl.datasets.he_biopsy_visium(cases=case) for case in HE_CASES}
+    folds: list[str | None] = list(HE_CASES) if he_repeat > 0 else [None]
+    rows: list[dict[str, Any]] = []
+    train_kw = {k: v for k, v in full.items() if k != "patch_um"}
+    try:
+        for seed in seeds:
+            patches = kgl.im.sample_patches(slides, patch_um=full["patch_um"], seed=seed)
+            patches["split"] = kgl.tl.split_by_group(
+                patches, group_key="group", stratify_key="stain", seed=seed
+            ).to_numpy()
+            if max_patches_per_split:
+                patches = _subsample(patches, max_patches_per_split, seed)
+            test = patches[patches["split"] == "test"]
+            for held_out in folds:
+                table = patches
+                if held_out is not None:
+                    train_cases = [c for c in HE_CASES if c != held_out]
+                    he = kgl.im.sample_patches(
+                        he_slides[he_slides["group"].isin(train_cases)], patch_um=full["patch_um"], seed=seed
+                    )
+                    he["split"] = "train"
+                    table = pd.concat([patches, *[he] * he_repeat], ignore_index=True)
+                trained_cases = set(table.loc[table["split"].isin(["train", "val"]), "group"])
+                test_cases = [held_out] if held_out is not None else list(HE_CASES)
+                leaked = trained_cases & set(test_cases)
+                if leaked:  # the protocol's promise: no case both trained on and tested on
+                    raise RuntimeError(f"H&E case(s) {sorted(leaked)} are in training and in the test.")
+                fold = held_out or "none"
+                t0 = time.perf_counter()
+                res = train(
+                    table,
+                    out_dir=out / f"seed{seed}-{fold}",
+                    name=f"protocol-seed{seed}-{fold}",
+                    seed=seed,
+                    device=device,
+                    show_progress=show_progress,
+                    **train_kw,
+                )
+                seconds = time.perf_counter() - t0
+                model = res.model
+                base = {"seed": int(seed), "fold": fold, "seconds": seconds, "best_epoch": res.best_epoch}
+                p, y = evaluate_patches(model, test, device=device)
+                m = kgl.tl.evaluate(y, p, threshold=float(model.config["threshold"]))
+                rows.append({**base, "set": "multistain-test", "case": "", "tta": "plain",
+                             "threshold_rule": "validation", "threshold": float(model.config["threshold"]),
+                             "n": len(y), "n_pos": int(y.sum()), **{k: m[k] for k in _METRICS}})  # fmt: skip
+                rows += _spot_rows(
+                    model, pas, device=device, adabn=adabn, base={**base, "set": "pas-spots", "case": ""}
+                )
+                for case in test_cases:
+                    rows += _spot_rows(
+                        model,
+                        he_spots[case],
+                        device=device,
+                        adabn=adabn,
+                        base={**base, "set": "he-spots", "case": case},
+                    )
+                logger.info(
+                    "protocol seed %d fold %s: trained in %.0f s; %s",
+                    seed,
+                    fold,
+                    seconds,
+                    "; ".join(
+                        f"{r['set']} {r['case']} AUC {r['roc_auc']:.3f} F1 {r['f1']:.3f}"
+                        for r in rows
+                        if r["seed"] == seed
+                        and r["fold"] == fold
+                        and r["tta"] == "plain"
+                        and r["threshold_rule"] == "validation"
+                    ),
+                )
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    df = pd.DataFrame(rows)
+    df.attrs["recipe"] = {**full, "he_repeat": he_repeat}
+    if tmp is None:
+        from kgl._utils import atomic_path
+
+        with atomic_path(out / "protocol.csv") as f:
+            df.to_csv(f, index=False)
+    return df
+
+
+def summarise_protocol(rows: pd.DataFrame) -> pd.DataFrame:
+    """Mean ± sd over seeds per (set, adaptation, threshold rule); H&E first averaged over its cases per seed."""
+    per_seed = rows.groupby(["set", "tta", "threshold_rule", "seed"])[list(_METRICS)].mean()
+    agg = per_seed.groupby(["set", "tta", "threshold_rule"]).agg(["mean", "std"])
+    agg.columns = [f"{m}_{s}" for m, s in agg.columns]
+    agg["n_seeds"] = per_seed.groupby(["set", "tta", "threshold_rule"]).size()
+    return agg.reset_index()
