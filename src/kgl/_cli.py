@@ -77,7 +77,14 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--input-size", type=int, default=None, help="model input side in px (default recipe: 224)")
     t.add_argument("--patch-um", type=float, default=None, help="patch side in µm (default recipe: 110)")
     t.add_argument("--batch-size", type=int, default=None, help="patches per step (default recipe: 48)")
-    t.add_argument("--augment", default=None, help="none, color, hed, hed+color, grey (default recipe: hed+color)")
+    t.add_argument(
+        "--augment",
+        default=None,
+        help="one of kgl.tl.AUGMENTATIONS, e.g. hed+color, randstain+strong (default recipe: hed+color)",
+    )
+    t.add_argument(
+        "--he-repeat", type=int, default=None, help="H&E patches repeated N times in training (default recipe: 0)"
+    )
     t.add_argument("--max-patches-per-split", type=int, default=None, help="subsample for a quick run")
     t.add_argument("--no-external", action="store_true", help="skip the PAS-tiles evaluation")
     t.add_argument("--no-install", action="store_true", help="do not copy the model into the cache")
@@ -250,6 +257,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             "patch_um": args.patch_um,
             "batch_size": args.batch_size,
             "augment": args.augment,
+            "he_repeat": args.he_repeat,
         }.items()
         if v is not None
     }

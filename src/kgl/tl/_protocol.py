@@ -86,9 +86,8 @@ def evaluate_recipe(
     Parameters
     ----------
     recipe
-        Entries overriding :data:`kgl.tl.DEFAULT_RECIPE`, plus ``he_repeat`` (int, default 0):
-        how many times the training case's H&E patches are repeated in the training split (0: no
-        H&E in training).
+        Entries overriding :data:`kgl.tl.DEFAULT_RECIPE`; its ``he_repeat`` says how many times
+        the training case's H&E patches are repeated in the training split (0: no H&E in training).
     seeds
         Seeds of patch sampling, split and training (≥ 3 for a claim).
     out_dir
@@ -127,7 +126,7 @@ def evaluate_recipe(
         raise ValueError(f"he_repeat must be >= 0, got {he_repeat}.")
     if not len(seeds):
         raise ValueError("seeds must name at least one seed.")
-    full = {**DEFAULT_RECIPE, **recipe}
+    full = {**DEFAULT_RECIPE, **recipe, "he_repeat": he_repeat}
     tmp = None
     if out_dir is None:
         tmp = tempfile.TemporaryDirectory(prefix="kgl-protocol-")
@@ -139,7 +138,7 @@ def evaluate_recipe(
     he_spots = {case: kgl.datasets.he_biopsy_visium(cases=case) for case in HE_CASES}
     folds: list[str | None] = list(HE_CASES) if he_repeat > 0 else [None]
     rows: list[dict[str, Any]] = []
-    train_kw = {k: v for k, v in full.items() if k != "patch_um"}
+    train_kw = {k: v for k, v in full.items() if k not in ("patch_um", "he_repeat")}
     try:
         for seed in seeds:
             patches = kgl.im.sample_patches(slides, patch_um=full["patch_um"], seed=seed)
@@ -193,6 +192,8 @@ def evaluate_recipe(
                         adabn=adabn,
                         base={**base, "set": "he-spots", "case": case},
                     )
+                if tmp is None:  # after every training: an interrupted protocol keeps what it measured
+                    _write_rows(rows, out / "protocol.csv")
                 logger.info(
                     "protocol seed %d fold %s: trained in %.0f s; %s",
                     seed,
@@ -211,13 +212,17 @@ def evaluate_recipe(
         if tmp is not None:
             tmp.cleanup()
     df = pd.DataFrame(rows)
-    df.attrs["recipe"] = {**full, "he_repeat": he_repeat}
+    df.attrs["recipe"] = full
     if tmp is None:
-        from kgl._utils import atomic_path
-
-        with atomic_path(out / "protocol.csv") as f:
-            df.to_csv(f, index=False)
+        _write_rows(rows, out / "protocol.csv")
     return df
+
+
+def _write_rows(rows: list[dict[str, Any]], path: Path) -> None:
+    from kgl._utils import atomic_path
+
+    with atomic_path(path) as f:
+        pd.DataFrame(rows).to_csv(f, index=False)
 
 
 def summarise_protocol(rows: pd.DataFrame) -> pd.DataFrame:
