@@ -352,6 +352,21 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         print(
             "note: the model's glomerulus head is untrained (ImageNet backbone only): these calls are not meaningful."
         )
+    try:  # H&E: the stain of Visium sections
+        he = kgl.datasets.he_biopsy_visium()
+    except FileNotFoundError as e:
+        print(f"H&E biopsies not available ({str(e).splitlines()[0]}): skipping the H&E report")
+    else:
+        kgl.tl.classify_spots(he, **_classify_kwargs(args))
+        mh = kgl.tl.evaluate_spots(he, key=args.key_added)
+        trained_on = (he.uns[args.key_added]["params"].get("training_he_cases")) or []
+        print(f"H&E pseudo-Visium ({he.n_obs} spots of {he.obs['source_image'].nunique()} screenshots, 2 cases):")
+        _print_metrics({"he_biopsy_visium": mh})
+        if trained_on:
+            print(
+                f"note: this model was trained on H&E cases {trained_on}: these numbers are not a held-out test; "
+                "see the leave-one-case-out protocol (kgl evaluate-recipe, docs/training.md)."
+            )
     png = out / "spatial_glom.png"
     kgl.pl.spatial_glom(
         adata, key=args.key_added, color=[args.key_added, f"{args.key_added}_proba", "glomerulus_coverage"], save=png
