@@ -90,6 +90,15 @@ def test_offline_says_where_it_looked(no_local_data, monkeypatch):
         kgl.datasets.he_biopsy_slides()
 
 
+def test_derived_files_are_not_downloaded_from_upstream(no_local_data, monkeypatch):
+    """The H&E set's mpp.json is not published upstream: without a local copy or a mirror, say so (no download)."""
+    monkeypatch.setattr(settings, "data_url", None)
+    with pytest.raises(
+        FileNotFoundError, match=r"(?s)Downloading it failed too: glomeruli-he-biopsy/mpp\.json is derived"
+    ):
+        kgl.datasets.he_biopsy_slides()
+
+
 def test_unreachable_mirror_is_a_clear_error(no_local_data, monkeypatch):
     monkeypatch.setattr(settings, "data_url", "http://127.0.0.1:9")  # nothing listens on the discard port
     with pytest.raises(FileNotFoundError, match=r"Downloading it failed too: Could not download"):

@@ -19,7 +19,6 @@ import os
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 from kgl._logging import logger
 from kgl._settings import settings
@@ -34,8 +33,6 @@ DATASETS = {
     "visium-mouse-kidney": "10x Visium V1_Mouse_Kidney spatial/ folder (CC BY-SA 4.0)",
 }
 _GITHUB_RAW = "https://raw.githubusercontent.com/{repository}/{commit}/{source_path}"
-#: Files kgl derived from the published ones; they ship with kgl (not downloadable upstream).
-_PACKAGED = {("glomeruli-he-biopsy", "mpp.json"): "_he_biopsy_mpp.json"}
 
 
 @cache
@@ -57,16 +54,6 @@ def _rows(name: str) -> list[dict[str, str]]:
 def source_url(row: dict[str, str]) -> str:
     """The pinned public URL of one manifest row (``raw.githubusercontent.com/<repo>/<commit>/<path>``)."""
     return _GITHUB_RAW.format(**row)
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _paint_white(src: Path, dest: Path, rects: list[list[int]]) -> None:
@@ -116,35 +103,36 @@ def fetch_dataset(name: str, *, base_url: str | None = None) -> Path:
     Files already in the cache with the right sha256 are not downloaded again. The H&E biopsy
     screenshots are published with the viewer's overlays (scale bar, overview inset, cursor box);
     from GitHub they are fetched as published and a copy with those rectangles painted white is
-    written next to them, as in kgl's development data.
+    written next to them, as in kgl's development data. The rectangles and the µm/px of each
+    screenshot are in that set's ``mpp.json``, which kgl's maintainers derived and which is not
+    published upstream: it comes only from a local copy of the data folder or a mirror.
 
     """
     rows = _rows(name)
     base_url = base_url if base_url is not None else settings.data_url
     dest = Path(settings.cachedir) / "data" / name
-    meta: dict[str, Any] | None = None
+    # derived files (no upstream path, e.g. the H&E set's mpp.json) first: without them nothing else is usable
+    rows = sorted(rows, key=lambda r: r["source_path"] != "-")
     for row in rows:
         target = dest / row["file"]
         what = f"{name}/{row['file']}"
-        packaged = _PACKAGED.get((name, row["file"]))
-        if packaged is not None and base_url is None:
-            data = resources.files("kgl.datasets").joinpath(packaged).read_bytes()
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data)
-            continue
         if base_url is not None:
             _retrieve(f"{base_url.rstrip('/')}/{name}/{row['file']}", row["shared_sha256"], target, what)
-            continue
-        if row["source_sha256"] == row["shared_sha256"]:
+        elif row["source_path"] == "-":  # not published upstream: only a local copy or a mirror has it
+            if not target.is_file():
+                raise FileNotFoundError(
+                    f"{what} is derived by kgl's maintainers (not published in {row['repository']}), so it cannot be "
+                    f"downloaded from there. Point KGL_DATA_DIR at a copy of the data folder, KGL_DATA_URL at a mirror "
+                    f"of it, or put the file at {str(target)!r}."
+                )
+        elif row["source_sha256"] == row["shared_sha256"]:
             _retrieve(source_url(row), row["source_sha256"], target, what)
-            continue
-        # published with overlays: keep the download under source/, paint a copy where kgl reads it
-        raw = dest / "source" / row["file"]
-        _retrieve(source_url(row), row["source_sha256"], raw, what)
-        if not target.exists():
-            if meta is None:
-                meta = json.loads(resources.files("kgl.datasets").joinpath(_PACKAGED[(name, "mpp.json")]).read_text())
-            _paint_white(raw, target, meta[Path(row["file"]).stem]["painted_white"])
+        else:  # published with overlays: keep the download under source/, paint a copy where kgl reads it
+            raw = dest / "source" / row["file"]
+            _retrieve(source_url(row), row["source_sha256"], raw, what)
+            if not target.exists():
+                meta = json.loads((dest / "mpp.json").read_text(encoding="utf-8"))
+                _paint_white(raw, target, meta[Path(row["file"]).stem]["painted_white"])
     logger.info("data set %r is in %s (%d files, sha256-checked).", name, dest, len(rows))
     return dest
 
@@ -167,5 +155,5 @@ def data_dir(name: str) -> Path:
             raise FileNotFoundError(f"{local} (KGL_OFFLINE is set: not downloading it).") from None
         try:
             return fetch_dataset(name)
-        except (ConnectionError, ValueError) as e:
+        except (ConnectionError, ValueError, FileNotFoundError) as e:
             raise FileNotFoundError(f"{local}\nDownloading it failed too: {e}") from e
