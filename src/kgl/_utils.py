@@ -220,6 +220,30 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
                 tmp.unlink()
 
 
+def pooch_download(url: str, sha256: str, dest: str | os.PathLike, *, what: str, fallback: str) -> Path:
+    """Fetch ``url`` to ``dest`` with :func:`pooch.retrieve`, checked against ``sha256``; clear errors otherwise.
+
+    A file already at ``dest`` with that hash is reused. A hash mismatch deletes the download and
+    raises a :class:`ValueError`; a network failure raises a :class:`ConnectionError`. Both messages
+    name ``what`` and the URL and end with ``fallback`` (what the user can do instead).
+    """
+    import pooch
+
+    dest = Path(dest)
+    try:
+        return Path(
+            pooch.retrieve(url, known_hash=f"sha256:{sha256}", fname=dest.name, path=dest.parent, progressbar=False)
+        )
+    except ValueError as e:  # pooch: hash mismatch (the download is deleted)
+        raise ValueError(
+            f"The download of {what} from {url} failed its sha256 hash check (expected {sha256}); it was deleted and "
+            f"nothing was cached. Retry (the download may be broken); if it fails again the published file changed: "
+            f"update kgl or {fallback}. ({e})"
+        ) from e
+    except OSError as e:  # network errors (requests' exceptions are OSErrors)
+        raise ConnectionError(f"Could not download {what} from {url}: {e}. Check the network, or {fallback}.") from e
+
+
 def write_obs_key(adata: Any, key: str, values: Any) -> None:
     """Write ``adata.obs[key]``, warning (as scanpy does) when it overwrites an existing column."""
     if key in adata.obs:

@@ -72,19 +72,9 @@ def _paint_white(src: Path, dest: Path, rects: list[list[int]]) -> None:
 
 
 def _retrieve(url: str, sha256: str, dest: Path, what: str) -> None:
-    import pooch
+    from kgl._utils import pooch_download
 
-    try:
-        pooch.retrieve(url, known_hash=f"sha256:{sha256}", fname=dest.name, path=dest.parent, progressbar=False)
-    except ValueError as e:  # pooch: hash mismatch (the download is deleted)
-        raise ValueError(
-            f"The download of {what} from {url} failed its sha256 hash check (expected {sha256}); it was deleted and "
-            f"nothing was cached. Retry; if it fails again the published file changed. ({e})"
-        ) from e
-    except OSError as e:  # network errors (requests' exceptions are OSErrors)
-        raise ConnectionError(
-            f"Could not download {what} from {url}: {e}. Check the network, or point KGL_DATA_DIR at a local copy."
-        ) from e
+    pooch_download(url, sha256, dest, what=what, fallback="point KGL_DATA_DIR at a local copy of the data folder")
 
 
 def fetch_dataset(name: str, *, base_url: str | None = None) -> Path:

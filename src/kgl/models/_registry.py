@@ -58,28 +58,14 @@ def fetch_model(name: str) -> Path:
             "Train it on this machine with `kgl train` (kgl.tl.train_default_model; about 11 minutes on a 2-core "
             "CPU), or pass a checkpoint path / torchvision backbone as model=."
         )
-    import pooch
-
     if entry.sha256 is None:
         raise ValueError(f"Registry entry {name!r} has a URL but no sha256: kgl downloads only checksummed files.")
-    try:
-        return Path(
-            pooch.retrieve(
-                entry.url,
-                known_hash=f"sha256:{entry.sha256}",
-                fname=entry.filename,
-                path=model_dir(),
-                progressbar=False,
-            )
-        )
-    except ValueError as e:  # pooch: hash mismatch (the download is deleted)
-        raise ValueError(
-            f"The download of model {name!r} from {entry.url} failed its sha256 hash check (expected "
-            f"{entry.sha256}); it was deleted and nothing was cached. Retry (the download may be broken); if it "
-            f"fails again the published file changed: update kgl or pass a checkpoint path as model=. ({e})"
-        ) from e
-    except OSError as e:  # network errors (requests' exceptions are OSErrors)
-        raise ConnectionError(
-            f"Could not download model {name!r} from {entry.url}: {e}. Check the network, or pass a local "
-            "checkpoint path as model=."
-        ) from e
+    from kgl._utils import pooch_download
+
+    return pooch_download(
+        entry.url,
+        entry.sha256,
+        local,
+        what=f"model {name!r}",
+        fallback="pass a local checkpoint path as model=",
+    )
