@@ -23,6 +23,27 @@ def _one_threshold(per_lib: dict[str, dict[str, Any]]) -> float:
     return float(values[0]) if len(values) == 1 else float("nan")
 
 
+def apply_threshold_rule(proba: np.ndarray, rule: str, cfg: dict) -> tuple[np.ndarray, float, dict[str, Any]]:
+    """``(probabilities, threshold, info)`` of one sample's calibrated probabilities under a threshold rule.
+
+    ``"validation"``: the model's threshold; ``"expected-f1"``: :func:`kgl.tl.expected_f1_threshold`
+    of the sample; ``"prior-shift"``: the probabilities re-estimated for the sample's prior
+    (:func:`kgl.tl.prior_shift`, ``info`` holds ``prior`` and ``train_prior``), then expected-F1.
+    """
+    from kgl.tl._adapt import expected_f1_threshold, prior_shift
+
+    if rule == "validation":
+        return proba, float(cfg["threshold"]), {}
+    info: dict[str, Any] = {}
+    if rule == "prior-shift":
+        train_prior = validation_prior(cfg)
+        proba, prior = prior_shift(proba, train_prior)
+        info = {"prior": prior, "train_prior": train_prior}
+    elif rule != "expected-f1":
+        raise ValueError(f"Unknown threshold rule {rule!r}; use 'validation' or one of {_THRESHOLD_RULES}.")
+    return proba, expected_f1_threshold(proba), info
+
+
 def validation_prior(cfg: dict) -> float:
     """Share of glomerulus patches in the model's validation set: the prior its calibration was fitted under."""
     try:
@@ -267,7 +288,8 @@ def classify_spots(
     if threshold_rule is not None:
         if threshold_rule not in _THRESHOLD_RULES:
             raise ValueError(f"threshold must be a number, None or one of {_THRESHOLD_RULES}, got {threshold!r}.")
-        train_prior = validation_prior(cfg) if threshold_rule == "prior-shift" else None
+        if threshold_rule == "prior-shift":
+            validation_prior(cfg)  # fails before any patch is read when the model lacks the counts
         threshold = float(cfg["threshold"])  # recorded; each library gets its own below
     else:
         threshold = float(cfg["threshold"] if threshold is None else threshold)
@@ -308,16 +330,10 @@ def classify_spots(
             desc=f"classify {spots.library_id}",
         )
         lib_info: dict[str, Any] = {}
-        if threshold_rule == "prior-shift":
-            from kgl.tl._adapt import prior_shift
-
-            adjusted, prior = prior_shift(p, train_prior)
-            p = adjusted.astype(np.float32)
-            lib_info.update(prior=prior, train_prior=train_prior)
         if threshold_rule is not None:
-            from kgl.tl._adapt import expected_f1_threshold
-
-            thresholds[spots.index] = lib_info["threshold"] = expected_f1_threshold(p)
+            p, thr, lib_info = apply_threshold_rule(p, threshold_rule, cfg)
+            p = p.astype(np.float32)
+            thresholds[spots.index] = lib_info["threshold"] = thr
         if emb is None:
             emb = np.full((n, e.shape[1]), np.nan, dtype=np.float32)
         proba[spots.index], emb[spots.index], inside[spots.index] = p, e, f

@@ -40,8 +40,7 @@ _VARIANTS = (("plain", "validation"), ("plain", "expected-f1"), ("plain", "prior
 
 def _spot_rows(model: Any, adata: Any, *, device: Any, adabn: bool, base: dict[str, Any]) -> list[dict[str, Any]]:
     """Classify a pseudo-Visium as is (and with AdaBN) and score each threshold rule against its coverage."""
-    from kgl.tl._adapt import expected_f1_threshold, prior_shift
-    from kgl.tl._classify import classify_spots, validation_prior
+    from kgl.tl._classify import apply_threshold_rule, classify_spots
     from kgl.tl._evaluate import evaluate
 
     cov = adata.obs["glomerulus_coverage"].to_numpy(dtype=float)
@@ -54,18 +53,9 @@ def _spot_rows(model: Any, adata: Any, *, device: Any, adabn: bool, base: dict[s
             adata, model, adapt_bn=tta == "adabn", copy=True, show_progress=False, device=device, uncertain=None
         )
         p_all = out.obs["glomerulus_proba"].to_numpy(dtype=np.float64)
-        p = p_all[keep]
         for rule in ("validation", "expected-f1", "prior-shift"):
-            q, extra = p, {}
-            if rule == "validation":
-                thr = float(cfg["threshold"])
-            elif rule == "expected-f1":
-                thr = expected_f1_threshold(p_all)
-            else:
-                adj, prior = prior_shift(p_all, validation_prior(cfg))
-                q, thr = adj[keep], expected_f1_threshold(adj)
-                extra["prior"] = prior
-            m = evaluate(y, q, threshold=thr)
+            q, thr, extra = apply_threshold_rule(p_all, rule, cfg)  # from every spot: no labels involved
+            m = evaluate(y, q[keep], threshold=thr)
             rows.append({**base, "tta": tta, "threshold_rule": rule, "threshold": thr, "n": len(y),
                          "n_pos": int(y.sum()), **{k: m[k] for k in _METRICS}, **extra})  # fmt: skip
     return rows
