@@ -102,7 +102,7 @@ def evaluate_recipe(
     import tempfile
 
     import kgl
-    from kgl.tl._recipe import DEFAULT_RECIPE, _subsample, evaluate_patches
+    from kgl.tl._recipe import DEFAULT_RECIPE, _split_patches, _with_he, evaluate_patches
     from kgl.tl._train import train
 
     recipe = dict(recipe or {})
@@ -131,22 +131,21 @@ def evaluate_recipe(
     train_kw = {k: v for k, v in full.items() if k not in ("patch_um", "he_repeat")}
     try:
         for seed in seeds:
-            patches = kgl.im.sample_patches(slides, patch_um=full["patch_um"], seed=seed)
-            patches["split"] = kgl.tl.split_by_group(
-                patches, group_key="group", stratify_key="stain", seed=seed
-            ).to_numpy()
-            if max_patches_per_split:
-                patches = _subsample(patches, max_patches_per_split, seed)
+            patches = _split_patches(
+                slides, patch_um=full["patch_um"], seed=seed, max_patches_per_split=max_patches_per_split
+            )
             test = patches[patches["split"] == "test"]
             for held_out in folds:
                 table = patches
                 if held_out is not None:
                     train_cases = [c for c in HE_CASES if c != held_out]
-                    he = kgl.im.sample_patches(
-                        he_slides[he_slides["group"].isin(train_cases)], patch_um=full["patch_um"], seed=seed
+                    table, _ = _with_he(
+                        patches,
+                        he_slides[he_slides["group"].isin(train_cases)],
+                        patch_um=full["patch_um"],
+                        seed=seed,
+                        repeat=he_repeat,
                     )
-                    he["split"] = "train"
-                    table = pd.concat([patches, *[he] * he_repeat], ignore_index=True)
                 trained_cases = set(table.loc[table["split"].isin(["train", "val"]), "group"])
                 test_cases = [held_out] if held_out is not None else list(HE_CASES)
                 leaked = trained_cases & set(test_cases)

@@ -83,6 +83,28 @@ def _evaluation_plots(out: Path, curves: dict[str, tuple[np.ndarray, np.ndarray]
     plt.close("all")
 
 
+def _split_patches(
+    slides: pd.DataFrame, *, patch_um: float, seed: int, max_patches_per_split: int | None = None
+) -> pd.DataFrame:
+    """The recipe's multistain patch table: sampled, split by biopsy (stratified by stain), optionally subsampled."""
+    import kgl
+
+    patches = kgl.im.sample_patches(slides, patch_um=patch_um, seed=seed)
+    patches["split"] = kgl.tl.split_by_group(patches, group_key="group", stratify_key="stain", seed=seed).to_numpy()
+    return _subsample(patches, max_patches_per_split, seed) if max_patches_per_split else patches
+
+
+def _with_he(
+    patches: pd.DataFrame, he_slides: pd.DataFrame, *, patch_um: float, seed: int, repeat: int
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``patches`` plus the H&E slides' patches in the training split, ``repeat`` times; and those H&E patches."""
+    import kgl
+
+    he = kgl.im.sample_patches(he_slides, patch_um=patch_um, seed=seed)
+    he["split"] = "train"
+    return pd.concat([patches, *[he] * repeat], ignore_index=True), he
+
+
 def _subsample(patches: pd.DataFrame, max_per_split: int, seed: int) -> pd.DataFrame:
     """At most ``max_per_split`` rows per split, keeping each split's class balance."""
     rng = np.random.default_rng(seed)
@@ -158,10 +180,9 @@ def train_default_model(
     out = Path(out_dir) if out_dir is not None else Path(settings.cachedir) / "training" / name
     t0 = time.perf_counter()
     slides = kgl.datasets.multistain_slides()
-    patches = kgl.im.sample_patches(slides, patch_um=recipe["patch_um"], seed=seed)
-    patches["split"] = kgl.tl.split_by_group(patches, group_key="group", stratify_key="stain", seed=seed).to_numpy()
-    if max_patches_per_split:
-        patches = _subsample(patches, max_patches_per_split, seed)
+    patches = _split_patches(
+        slides, patch_um=recipe["patch_um"], seed=seed, max_patches_per_split=max_patches_per_split
+    )
     counts = patches.groupby(["split", "label"]).size().unstack(fill_value=0)
     logger.info("training patches (rows: split, columns: label 0 other / 1 glomerulus):\n%s", counts.to_string())
     summary = {
@@ -178,9 +199,9 @@ def train_default_model(
     he_repeat = int(recipe["he_repeat"])
     table = patches
     if he_repeat > 0:
-        he = kgl.im.sample_patches(kgl.datasets.he_biopsy_slides(), patch_um=recipe["patch_um"], seed=seed)
-        he["split"] = "train"
-        table = pd.concat([patches, *[he] * he_repeat], ignore_index=True)
+        table, he = _with_he(
+            patches, kgl.datasets.he_biopsy_slides(), patch_um=recipe["patch_um"], seed=seed, repeat=he_repeat
+        )
         summary["he_biopsy"] = {
             "cases": sorted(he["group"].unique().tolist()),
             "patches": len(he),
