@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -42,6 +42,14 @@ MIN_LATTICE_SPOTS = 5
 MPP_TOLERANCE = 0.10
 #: What a spot diameter may mean: Space Ranger's theoretical 65-µm spot, or the 55-µm capture spot (HEST-1k).
 _DIAMETER_CONVENTIONS_UM = (SPOT_DIAMETER_FULLRES_UM, SPOT_DIAMETER_UM)
+
+
+def mpp_from_scalefactors(sf: Mapping[str, Any]) -> float:
+    """µm per full-resolution pixel implied by ``spot_diameter_fullres`` alone (the theoretical 65-µm spot).
+
+    A cross-check only: :func:`spot_mpp` takes µm/px from the spot lattice.
+    """
+    return SPOT_DIAMETER_FULLRES_UM / float(sf["spot_diameter_fullres"])
 
 
 def _near_median(d: np.ndarray) -> np.ndarray:
@@ -146,13 +154,12 @@ class SpotMpp:
 
     def as_params(self) -> dict[str, Any]:
         """The record as ``uns[key]["params"]`` stores it (``mpp_*`` keys, JSON/h5ad-friendly)."""
-        d = asdict(self)
         return {
-            "mpp": d["mpp"],
-            "mpp_source": d["source"],
-            "mpp_lattice": float("nan") if d["lattice"] is None else d["lattice"],
-            "mpp_diameter": d["diameter"],
-            "mpp_metadata": float("nan") if d["image"] is None else d["image"],
+            "mpp": self.mpp,
+            "mpp_source": self.source,
+            "mpp_lattice": float("nan") if self.lattice is None else self.lattice,
+            "mpp_diameter": self.diameter,
+            "mpp_metadata": float("nan") if self.image is None else self.image,
         }
 
 
@@ -235,7 +242,7 @@ def spot_mpp(
 
     """
     diameter_px = float(sf["spot_diameter_fullres"])
-    mpp_diam = SPOT_DIAMETER_FULLRES_UM / diameter_px
+    mpp_diam = mpp_from_scalefactors(sf)
     img = float(image_mpp) if image_mpp is not None and np.isfinite(image_mpp) and image_mpp > 0 else None
     found = lattice_pitch_px(coords, array_row, array_col)
     if found is None:

@@ -10,10 +10,22 @@ from typing import Any
 
 import numpy as np
 
-from kgl._geometry import SPOT_DIAMETER_FULLRES_UM, SPOT_DIAMETER_UM, SPOT_PITCH_UM, SpotMpp, spot_mpp
+from kgl._geometry import (
+    SPOT_DIAMETER_FULLRES_UM,
+    SPOT_DIAMETER_UM,
+    SPOT_PITCH_UM,
+    SpotMpp,
+    mpp_from_scalefactors,
+    spot_mpp,
+)
 from kgl._logging import logger
 
-__all__ = ["SPOT_DIAMETER_FULLRES_UM", "SPOT_DIAMETER_UM", "SPOT_PITCH_UM"]  # re-exported for older imports
+__all__ = [  # re-exported for older imports
+    "SPOT_DIAMETER_FULLRES_UM",
+    "SPOT_DIAMETER_UM",
+    "SPOT_PITCH_UM",
+    "mpp_from_scalefactors",
+]
 
 
 def _spatial_uns(adata: Any, spatial_key: str = "spatial") -> dict:
@@ -104,14 +116,6 @@ def scalefactors(adata: Any, library_id: str, spatial_key: str = "spatial") -> d
         )
     check_spot_diameter(sf, f"library {library_id!r}")
     return {k: _as_float(v) for k, v in sf.items() if np.isscalar(v)}
-
-
-def mpp_from_scalefactors(sf: dict[str, float]) -> float:
-    """µm per full-resolution pixel implied by ``spot_diameter_fullres`` alone (the theoretical 65-µm spot).
-
-    A cross-check only: :func:`library_mpp` takes µm/px from the spot lattice.
-    """
-    return SPOT_DIAMETER_FULLRES_UM / float(sf["spot_diameter_fullres"])
 
 
 def library_mpp(
