@@ -136,19 +136,8 @@ def _classify(adata: Any, model: Any = None, **kw: Any) -> Callable[[], Any]:
     return lambda: kgl.tl.classify_spots(adata, model or center_red_model(), show_progress=False, **kw)
 
 
-def _classifies(adata: ad.AnnData, **kw: Any) -> Callable[[], Any]:
+def _classifies(adata: ad.AnnData, marked: list[int] = MARKED, **kw: Any) -> Callable[[], Any]:
     """The input must *work*: the marked spots, and only they, are called (on a copy: the input stays as is)."""
-
-    def run() -> Any:
-        out = kgl.tl.classify_spots(adata, center_red_model(), copy=True, show_progress=False, **kw)
-        assert np.flatnonzero(out.obs["glomerulus"] == "glomerulus").tolist() == MARKED
-        return out
-
-    return run
-
-
-def _classifies_subset(adata: ad.AnnData, marked: list[int], **kw: Any) -> Callable[[], Any]:
-    """Like :func:`_classifies` for an AnnData whose marked spots are at other positions."""
 
     def run() -> Any:
         out = kgl.tl.classify_spots(adata, center_red_model(), copy=True, show_progress=False, **kw)
@@ -321,6 +310,16 @@ def _outs(root: Path, *, n: int = 12) -> Path:
     return root
 
 
+def _edit_positions(c: Ctx, edit: Callable[[pd.DataFrame], Any]) -> Path:
+    """A Space Ranger folder whose tissue_positions.csv (read as text) went through ``edit`` in place."""
+    root = _outs(c.tmp / "outs")
+    pos = root / "spatial" / "tissue_positions.csv"
+    df = pd.read_csv(pos, dtype=str)
+    edit(df)
+    df.to_csv(pos, index=False)
+    return root
+
+
 @case("visium-duplicate-barcodes", ValueError, r"tissue_positions\.csv lists barcode 'AAAC0000-1' more than once")
 def _(c):
     root = _outs(c.tmp / "outs")
@@ -358,11 +357,10 @@ def _(c):
     r"tissue_positions\.csv' line 4 \(barcode 'AAAC0002-1'\): pxl_row_in_fullres is 'def', not a number.*Restore",
 )
 def _(c):
-    root = _outs(c.tmp / "outs")
-    pos = root / "spatial" / "tissue_positions.csv"
-    df = pd.read_csv(pos, dtype=str)
-    df.loc[2, "pxl_row_in_fullres"] = "def"
-    df.to_csv(pos, index=False)
+    def bad_pixel(df: pd.DataFrame) -> None:
+        df.loc[2, "pxl_row_in_fullres"] = "def"
+
+    root = _edit_positions(c, bad_pixel)
     return lambda: kgl.io.read_visium(root), [root]
 
 
@@ -372,9 +370,7 @@ def _(c):
     r"tissue_positions\.csv' lacks the column\(s\) \['array_col'\]: its header is \['barcode', 'in_tissue'",
 )
 def _(c):
-    root = _outs(c.tmp / "outs")
-    pos = root / "spatial" / "tissue_positions.csv"
-    pd.read_csv(pos).drop(columns="array_col").to_csv(pos, index=False)
+    root = _edit_positions(c, lambda df: df.pop("array_col"))
     return lambda: kgl.io.read_visium(root), [root]
 
 
@@ -443,7 +439,7 @@ def _(c):
 @case("mpp-too-few-spots-uses-diameter", None, log=r"too few spots to measure the spot lattice")
 def _(c):
     a = _visium()[[4, 9, 20]].copy()  # three spots, not neighbours
-    return _classifies_subset(a, [0, 1, 2]), [a]
+    return _classifies(a, marked=[0, 1, 2]), [a]
 
 
 @case(
