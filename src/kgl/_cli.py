@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from kgl.models import DEFAULT_MODEL
+
 _DESCRIPTION = """\
 kgl finds kidney glomeruli in Visium sections. For every spot it writes a glomerulus/other label,
 a probability and a CNN embedding into the AnnData (obs/obsm), the same as kgl.tl.classify_spots.
@@ -64,26 +66,29 @@ def _parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser(
         "train",
-        help="train kgl's glomerulus model (default recipe) and install it in the model cache",
-        description="Train the glomerulus classifier with kgl's documented default recipe on the multistain biopsy "
-        "set (split by biopsy), evaluate it on held-out biopsies and on the PAS tiles of another site, write the "
+        help="train one of kgl's glomerulus models (its registered recipe) and install it in the model cache",
+        description="Train the glomerulus classifier named by --name with its registered recipe (kgl.models.REGISTRY; "
+        "kgl-glom-v2: the multistain biopsy set split by biopsy plus the H&E biopsy cases), evaluate it on held-out "
+        "biopsies and on the PAS tiles of another site, write the "
         "checkpoint, training curves and model card, and install it where classify_spots(model=NAME) finds it.",
     )
     t.add_argument("--out", default=None, help="working folder for checkpoints/curves/card (default: in the cache)")
-    t.add_argument("--name", default="kgl-glom-v1", help="registry name of the model (default: %(default)s)")
-    t.add_argument("--backbone", default=None, help="torchvision backbone (default recipe: mobilenet_v2)")
-    t.add_argument("--weights", default=None, help="weights enum member (default recipe: IMAGENET1K_V1)")
-    t.add_argument("--epochs", type=int, default=None, help="maximum epochs (default recipe: 6)")
-    t.add_argument("--input-size", type=int, default=None, help="model input side in px (default recipe: 224)")
-    t.add_argument("--patch-um", type=float, default=None, help="patch side in µm (default recipe: 110)")
-    t.add_argument("--batch-size", type=int, default=None, help="patches per step (default recipe: 48)")
+    t.add_argument(
+        "--name", default=DEFAULT_MODEL, help="registry name of the model, whose recipe is used (default: %(default)s)"
+    )
+    t.add_argument("--backbone", default=None, help="torchvision backbone (default: the recipe's, mobilenet_v2)")
+    t.add_argument("--weights", default=None, help="weights enum member (default: the recipe's, IMAGENET1K_V1)")
+    t.add_argument("--epochs", type=int, default=None, help="maximum epochs (default: the recipe's, 6)")
+    t.add_argument("--input-size", type=int, default=None, help="model input side in px (default: the recipe's)")
+    t.add_argument("--patch-um", type=float, default=None, help="patch side in µm (default: the recipe's, 110)")
+    t.add_argument("--batch-size", type=int, default=None, help="patches per step (default: the recipe's, 48)")
     t.add_argument(
         "--augment",
         default=None,
-        help="one of kgl.tl.AUGMENTATIONS, e.g. hed+color, randstain+strong (default recipe: hed+color)",
+        help="one of kgl.tl.AUGMENTATIONS, e.g. hed+color, randstain+strong (default: the recipe's, hed+color)",
     )
     t.add_argument(
-        "--he-repeat", type=int, default=None, help="H&E patches repeated N times in training (default recipe: 0)"
+        "--he-repeat", type=int, default=None, help="H&E patches repeated N times in training (default: the recipe's)"
     )
     t.add_argument("--max-patches-per-split", type=int, default=None, help="subsample for a quick run")
     t.add_argument("--no-external", action="store_true", help="skip the PAS-tiles evaluation")
@@ -98,12 +103,18 @@ def _parser() -> argparse.ArgumentParser:
         help="train a recipe with several seeds and score it on every held-out set (the protocol)",
         description="Train the default recipe (with the overrides given) once per seed and score it on the held-out "
         "multistain biopsies (patches), the PAS tiles of another site (spots) and H&E leave-one-case-out (spots), "
-        "as is and with AdaBN, with the validation / expected-F1 / prior-shift thresholds. Writes protocol.csv and "
+        "as is, with AdaBN and with Macenko stain normalisation, with the validation / expected-F1 / prior-shift "
+        "thresholds. Writes protocol.csv and "
         "summary.csv into --out and prints mean ± sd over seeds.",
     )
     e.add_argument("--out", required=True, help="working folder (runs, protocol.csv, summary.csv)")
     e.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default: %(default)s)")
-    e.add_argument("--he-repeat", type=int, default=0, help="H&E training patches repeated N times (0: no H&E)")
+    e.add_argument(
+        "--he-repeat",
+        type=int,
+        default=None,
+        help="H&E training patches repeated N times (0: no H&E; default: the recipe's)",
+    )
     for flag, typ, what in (
         ("--backbone", str, "torchvision backbone"),
         ("--weights", str, "weights enum member"),
@@ -116,6 +127,7 @@ def _parser() -> argparse.ArgumentParser:
         e.add_argument(flag, type=typ, default=None, help=f"{what} (default: the default recipe's)")
     e.add_argument("--max-patches-per-split", type=int, default=None, help="subsample for a quick run")
     e.add_argument("--no-adabn", action="store_true", help="do not score the AdaBN variant")
+    e.add_argument("--no-stain-norm", action="store_true", help="do not score the Macenko stain-normalised variant")
     e.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: %(default)s)")
 
     d = sub.add_parser(
@@ -127,7 +139,7 @@ def _parser() -> argparse.ArgumentParser:
         "the plot and the annotated .h5ad.",
     )
     d.add_argument("--out", default="kgl-demo", help="output folder (default: %(default)s)")
-    _add_model_args(d, "kgl-glom-v1")
+    _add_model_args(d, DEFAULT_MODEL)
     return parser
 
 
@@ -293,8 +305,8 @@ def _cmd_evaluate_recipe(args: argparse.Namespace) -> int:
 
     out = ensure_dir(args.out, what="protocol outputs")
     names = ("backbone", "weights", "epochs", "input_size", "patch_um", "batch_size", "augment")
+    names += ("he_repeat",)
     recipe = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
-    recipe["he_repeat"] = args.he_repeat
     t0 = time.perf_counter()
     rows = kgl.tl.evaluate_recipe(
         recipe,
@@ -302,6 +314,7 @@ def _cmd_evaluate_recipe(args: argparse.Namespace) -> int:
         out_dir=out,
         max_patches_per_split=args.max_patches_per_split,
         adabn=not args.no_adabn,
+        stain_norm=not args.no_stain_norm,
         device=args.device,
     )
     summary = kgl.tl.summarise_protocol(rows)
@@ -310,10 +323,10 @@ def _cmd_evaluate_recipe(args: argparse.Namespace) -> int:
     print(f"recipe: {rows.attrs['recipe']}")
     print(f"seeds: {list(args.seeds)}; {time.perf_counter() - t0:.0f} s in all")
     cols = ["roc_auc", "f1", "precision", "recall", "ece"]
-    print(f"{'set':<16}{'tta':<7}{'threshold':<13}" + "".join(f"{c:>16}" for c in cols))
+    print(f"{'set':<16}{'tta':<9}{'threshold':<13}" + "".join(f"{c:>16}" for c in cols))
     for _, r in summary.iterrows():
         cells = "".join(f"{r[c + '_mean']:.3f} ± {r[c + '_std']:.3f}".rjust(16) for c in cols)
-        print(f"{r['set']:<16}{r['tta']:<7}{r['threshold_rule']:<13}{cells}")
+        print(f"{r['set']:<16}{r['tta']:<9}{r['threshold_rule']:<13}{cells}")
     print(f"rows: {out / 'protocol.csv'}; summary: {out / 'summary.csv'}")
     return 0
 

@@ -99,3 +99,20 @@ def test_model_card_minimal_and_untrained(tmp_path):
     out = write_model_card(_config()[0], tmp_path / "cards" / "MODEL_CARD.md")
     assert out.read_text(encoding="utf-8") == model_card(_config()[0])
     assert not list(out.parent.glob(".*tmp"))
+
+
+def test_model_card_lists_the_recipe_protocol_with_its_spread():
+    proto = {
+        "seeds": [0, 1, 2],
+        "machine": "2-core test CPU",
+        "results": {
+            "H&E, leave one case out (spots)": {"roc_auc": [0.973, 0.016], "f1": [0.748, 0.026], "ece": [0.03, 0.01]},
+            "PAS tiles, another site (spots)": {"roc_auc": [0.945, 0.002], "f1": [0.648, 0.021]},
+        },
+    }
+    md = model_card({"name": "m", "protocol": proto})
+    assert "## Evaluation\n" in md and "### Held-out evaluation of the recipe (several seeds)" in md
+    assert "3 seeds (0, 1, 2), 2-core test CPU" in md
+    assert "| **H&E, leave one case out (spots)** | 0.973 ± 0.016 | 0.748 ± 0.026 | 0.030 ± 0.010 |" in md
+    assert "| **PAS tiles, another site (spots)** | 0.945 ± 0.002 | 0.648 ± 0.021 | – |" in md
+    assert "### Held-out" not in model_card({"name": "m", "protocol": {}})

@@ -23,14 +23,16 @@ def test_protocol_leaves_each_he_case_out_and_reports_every_set(shared_data, tmp
     # no case both trained on and tested on: each fold is tested on exactly the case it left out
     assert (he["case"] == he["fold"]).all() and set(he["case"]) == {"C002", "C004"}
     assert set(zip(he["tta"], he["threshold_rule"], strict=True)) == {
-        (t, r) for t in ("plain", "adabn") for r in ("validation", "expected-f1", "prior-shift")
+        (t, r) for t in ("plain", "adabn", "macenko") for r in ("validation", "expected-f1", "prior-shift")
     }
     assert ((rows["roc_auc"] >= 0) & (rows["roc_auc"] <= 1)).all() and (rows["n_pos"] > 0).all()
     assert (tmp_path / "runs" / "protocol.csv").is_file() and (tmp_path / "runs" / "seed0-C002" / "best.pt").is_file()
     summary = kgl.tl.summarise_protocol(rows)
     assert (summary["n_seeds"] == 1).all() and np.isnan(summary["roc_auc_std"]).all()
 
-    no_he = kgl.tl.evaluate_recipe(TINY, seeds=(1,), max_patches_per_split=30, adabn=False, device="cpu")
+    no_he = kgl.tl.evaluate_recipe(
+        {**TINY, "he_repeat": 0}, seeds=(1,), max_patches_per_split=30, adabn=False, stain_norm=False, device="cpu"
+    )
     he = no_he[no_he["set"] == "he-spots"]
     assert set(no_he["fold"]) == {"none"} and set(he["case"]) == {"C002", "C004"}  # tested on both cases
     assert set(no_he["tta"]) == {"plain"}

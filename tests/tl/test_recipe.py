@@ -9,11 +9,11 @@ from kgl._settings import settings
 def test_default_recipe_quick_installs_where_classify_finds_it(shared_data, mobilenet_weights, tmp_path, monkeypatch):
     monkeypatch.setattr(settings, "cachedir", tmp_path / "cache")
     with pytest.raises(FileNotFoundError, match="kgl train"):
-        kgl.models.fetch_model("kgl-glom-v1")
+        kgl.models.fetch_model("kgl-glom-v2")
     path = kgl.tl.train_default_model(
         tmp_path / "work", max_patches_per_split=60, epochs=1, input_size=64, show_progress=False, device="cpu"
     )
-    assert path == tmp_path / "cache" / "models" / "kgl-glom-v1.pt"
+    assert path == tmp_path / "cache" / "models" / "kgl-glom-v2.pt"
     assert path.with_suffix(".md").exists() and (tmp_path / "work" / "MODEL_CARD.md").exists()
     for png in ("curves.png", "roc_pr.png", "reliability_test.png", "confusion_test.png"):
         assert (tmp_path / "work" / png).stat().st_size > 1000
@@ -22,11 +22,31 @@ def test_default_recipe_quick_installs_where_classify_finds_it(shared_data, mobi
     assert {"val", "test (held-out biopsies, patches)", "pas_tiles_visium (other site, spots)"} <= set(metrics)
     test_groups = set(cfg["training_data"]["test_biopsies"])
     assert test_groups and not test_groups & set(cfg["training_data"].get("train_biopsies", []))
+    # kgl-glom-v2's recipe trains on both H&E cases; a changed recipe does not claim the registered protocol
+    assert cfg["training_data"]["he_biopsy"]["cases"] == ["C002", "C004"]
+    assert cfg["training_data"]["he_biopsy"]["repeat"] == 3 and "protocol" not in cfg
     card = (tmp_path / "work" / "MODEL_CARD.md").read_text()
-    assert "kgl-glom-v1" in card and "held-out biopsies" in card
+    assert "kgl-glom-v2" in card and "held-out biopsies" in card
     # classify_spots(adata) with no model= uses the installed model
     adata = kgl.datasets.pas_tiles_visium()[:40].copy()
     kgl.tl.classify_spots(adata, show_progress=False)
-    assert adata.uns["glomerulus"]["params"]["model"] == "kgl-glom-v1"
+    assert adata.uns["glomerulus"]["params"]["model"] == "kgl-glom-v2"
+    assert adata.uns["glomerulus"]["params"]["training_he_cases"] == ["C002", "C004"]
     assert adata.uns["glomerulus"]["params"]["head_trained"] is True
     assert np.isfinite(adata.obs["glomerulus_proba"]).all()
+
+
+def test_each_registered_model_carries_its_recipe():
+    from kgl.models import DEFAULT_MODEL, REGISTRY
+
+    assert DEFAULT_MODEL == "kgl-glom-v2"
+    assert kgl.tl.DEFAULT_RECIPE == dict(REGISTRY[DEFAULT_MODEL].recipe)
+    v1, v2 = REGISTRY["kgl-glom-v1"].recipe, REGISTRY["kgl-glom-v2"].recipe
+    assert (v1["input_size"], v1["he_repeat"]) == (224, 0)  # the Masson/PASM/PAS-only model, as it was shipped
+    assert (v2["input_size"], v2["he_repeat"]) == (112, 3)
+    assert set(v1) == set(v2)
+    results = REGISTRY[DEFAULT_MODEL].protocol["results"]  # the model card's held-out evaluation of the recipe
+    assert len(REGISTRY[DEFAULT_MODEL].protocol["seeds"]) >= 3
+    for row in results.values():
+        for mean, sd in row.values():
+            assert 0 <= mean <= 1 and 0 <= sd < 0.5

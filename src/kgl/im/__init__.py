@@ -10,9 +10,12 @@ from kgl.im._spots import (
     spot_patches,
     spot_sets,
 )
+from kgl.im._stain import STAIN_NORMS, MacenkoNormalizer
 
 __all__ = [
     "LABEL_NAMES",
+    "STAIN_NORMS",
+    "MacenkoNormalizer",
     "SpotChunkDataset",
     "SpotPatchDataset",
     "SpotSet",

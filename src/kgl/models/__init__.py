@@ -1,19 +1,51 @@
 """Models: torchvision backbones by name, the registry of trained models, checkpoints."""
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
 from kgl.models._card import model_card, write_model_card
-from kgl.models._model import (
-    CLASS_NAMES,
-    DEFAULT_WEIGHTS,
-    GlomClassifier,
-    build_model,
-    fold_batchnorm,
-    load_checkpoint,
-    model_config,
-    save_checkpoint,
-    state_dict_sha256,
-)
 from kgl.models._registry import REGISTRY, ModelEntry, available_models, fetch_model
 from kgl.models._resolve import DEFAULT_MODEL, resolve_model
+
+# Names from kgl.models._model load torch: they are imported on first access, so the registry (and
+# kgl.tl.DEFAULT_RECIPE, which reads it) stay torch-free.
+_TORCH_NAMES = {
+    "CLASS_NAMES",
+    "DEFAULT_WEIGHTS",
+    "GlomClassifier",
+    "build_model",
+    "fold_batchnorm",
+    "load_checkpoint",
+    "model_config",
+    "save_checkpoint",
+    "state_dict_sha256",
+}
+
+if TYPE_CHECKING:  # pragma: no cover
+    from kgl.models._model import (
+        CLASS_NAMES,
+        DEFAULT_WEIGHTS,
+        GlomClassifier,
+        build_model,
+        fold_batchnorm,
+        load_checkpoint,
+        model_config,
+        save_checkpoint,
+        state_dict_sha256,
+    )
+
+
+def __getattr__(name: str):
+    if name in _TORCH_NAMES:
+        return getattr(importlib.import_module("kgl.models._model"), name)
+    raise AttributeError(f"module 'kgl.models' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
 
 __all__ = [
     "CLASS_NAMES",

@@ -280,6 +280,35 @@ def _stain_section(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     return ["### By stain", "", *_table(cols, cells), ""]
 
 
+def _protocol_section(proto: Mapping[str, Any]) -> list[str]:
+    """The recipe's leave-one-case-out evaluation: one row per held-out set, mean ± sd over seeds."""
+    results = proto.get("results") if isinstance(proto, Mapping) else None
+    if not isinstance(results, Mapping) or not results:
+        return []
+    metrics = [("roc_auc", "ROC AUC"), ("f1", "F1"), ("ece", "ECE")]
+
+    def cell(v: Any) -> str:
+        try:
+            mean, sd = v
+            return f"{float(mean):.3f} ± {float(sd):.3f}"
+        except (TypeError, ValueError):
+            return _metric(v)
+
+    rows = [
+        [f"**{s}**", *(cell(r.get(k, "–")) for k, _ in metrics)] for s, r in results.items() if isinstance(r, Mapping)
+    ]
+    seeds = proto.get("seeds")
+    intro = (
+        "The recipe, not this run: trained once per seed with each H&E case left out in turn and tested on data "
+        "never trained on (`kgl.tl.evaluate_recipe`); mean ± sd over "
+        + (f"{len(seeds)} seeds ({', '.join(str(x) for x in seeds)})" if isinstance(seeds, Sequence) else "seeds")
+        + (f", {_cell(str(proto['machine']))}" if proto.get("machine") else "")
+        + ". Validation threshold and calibration; spots with 0 < coverage < 0.5 left out."
+    )
+    return ["### Held-out evaluation of the recipe (several seeds)", "", intro, "",
+            *_table(("held-out set", *(n for _, n in metrics)), rows), ""]  # fmt: skip
+
+
 _GENERIC_LIMITATIONS = (
     "A Visium capture spot is 55 µm across while the model sees a larger patch around it: a spot next to a "
     "glomerulus can be called glomerulus although its transcripts come mostly from tubules.",
@@ -304,7 +333,9 @@ def model_card(config: Mapping[str, Any]) -> str:
         ``best_epoch``, ``time_s`` or ``seconds``; other keys are listed as they are; ``training_data``
         at the top level is read as ``training["data"]``), ``temperature``, ``metrics`` (split name →
         :func:`kgl.tl.evaluate` / :func:`kgl.tl.evaluate_spots` dict), ``stain_comparison`` (list of
-        dicts, one table row each), ``limitations`` (list of str) and ``sha256``.
+        dicts, one table row each), ``protocol`` (the recipe's held-out evaluation over seeds:
+        ``results`` (set → metric → ``(mean, sd)``), ``seeds``, ``machine``; see
+        :attr:`kgl.models.ModelEntry.protocol`), ``limitations`` (list of str) and ``sha256``.
 
     Returns
     -------
@@ -332,7 +363,10 @@ def model_card(config: Mapping[str, Any]) -> str:
     stains = _stain_section(c.get("stain_comparison") or [])
     if stains and not evaluation:
         evaluation = ["## Evaluation", ""]
-    out += evaluation + stains
+    protocol = _protocol_section(c.get("protocol") or {})
+    if protocol and not evaluation:
+        evaluation = ["## Evaluation", ""]
+    out += evaluation + protocol + stains
     out += _calibration_section(c, metrics)
 
     limits = [str(x) for x in (c.get("limitations") or [])]

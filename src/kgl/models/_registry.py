@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
+from typing import Any
 
 from kgl._settings import settings
 
@@ -12,24 +15,76 @@ __all__ = ["REGISTRY", "ModelEntry", "available_models", "fetch_model"]
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """A trained model: where to download it and how to verify it."""
+    """A trained model: where to download it, how to verify it, and the recipe that trains it.
+
+    Attributes
+    ----------
+    name, filename
+        Registry name and file name in the model cache.
+    url, sha256
+        Download address and checksum (``None``: not hosted; ``kgl train --name NAME`` trains it).
+    description
+        One line for listings.
+    recipe
+        The training recipe (:func:`kgl.tl.train_default_model` entries) that produces this model,
+        like torchvision's weights enums carry their transforms: ``kgl train --name NAME`` rebuilds it.
+    protocol
+        The recipe's leave-one-case-out evaluation (:func:`kgl.tl.evaluate_recipe`, mean ± sd over
+        seeds, per held-out set), copied into the model card: the model itself trains on every case.
+
+    """
 
     name: str
     filename: str
     url: str | None
     sha256: str | None
     description: str = ""
+    recipe: Mapping[str, Any] = field(default_factory=dict)
+    protocol: Mapping[str, Any] = field(default_factory=dict)
 
 
-#: Trained glomerulus models. ``kgl-glom-v1`` is produced by ``kgl train`` (kgl.tl.train_default_model)
-#: into the model cache; it is not hosted yet (``url=None``), so online users train it once too.
+_BASE_RECIPE: dict[str, Any] = {
+    "backbone": "mobilenet_v2",
+    "weights": "IMAGENET1K_V1",
+    "patch_um": 110.0,
+    "input_size": 224,
+    "epochs": 6,
+    "batch_size": 48,
+    "lr": 2e-3,
+    "backbone_lr_factor": 0.25,
+    "freeze_epochs": 1,
+    "balance": "sampler",
+    "augment": "hed+color",
+    "scale_jitter": (0.8, 1.25),
+    "patience": 3,
+    "he_repeat": 0,
+}
+
+#: Leave-one-case-out evaluation of the kgl-glom-v2 recipe (``kgl evaluate-recipe --input-size 112
+#: --he-repeat 3 --seeds 0 1 2``; docs/training.md): per held-out set, (mean, sd) over seeds.
+_PROTOCOL_V2: dict[str, Any] = {}
+
+#: Trained glomerulus models, produced by ``kgl train --name NAME`` (kgl.tl.train_default_model with the
+#: entry's recipe) into the model cache; not hosted yet (``url=None``), so online users train them once too.
 REGISTRY: dict[str, ModelEntry] = {
     "kgl-glom-v1": ModelEntry(
         name="kgl-glom-v1",
         filename="kgl-glom-v1.pt",
         url=None,
         sha256=None,
-        description="MobileNet_V2 (ImageNet) fine-tuned on Masson/PASM/PAS glomeruli, 110-µm patches at 112 px",
+        description="MobileNet_V2 (ImageNet) fine-tuned on Masson/PASM/PAS glomeruli, 110-µm patches at 224 px; "
+        "no H&E in training (at chance on H&E)",
+        recipe=MappingProxyType(dict(_BASE_RECIPE)),
+    ),
+    "kgl-glom-v2": ModelEntry(
+        name="kgl-glom-v2",
+        filename="kgl-glom-v2.pt",
+        url=None,
+        sha256=None,
+        description="MobileNet_V2 (ImageNet) fine-tuned on Masson/PASM/PAS glomeruli plus 2 H&E biopsy cases "
+        "(patches repeated 3x), 110-µm patches at 112 px",
+        recipe=MappingProxyType({**_BASE_RECIPE, "input_size": 112, "he_repeat": 3}),
+        protocol=MappingProxyType(_PROTOCOL_V2),
     ),
 }
 

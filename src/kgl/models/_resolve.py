@@ -10,7 +10,7 @@ from kgl._logging import logger
 from kgl.models._registry import REGISTRY, fetch_model
 
 #: Registry name of the model :func:`kgl.tl.classify_spots` uses when no ``model`` is given.
-DEFAULT_MODEL = "kgl-glom-v1"
+DEFAULT_MODEL = "kgl-glom-v2"
 
 
 def resolve_model(model: Any = None) -> Any:

@@ -4,7 +4,7 @@ from kgl.tl._adapt import adapt_batchnorm, expected_f1_threshold, prior_shift
 from kgl.tl._classify import classify_spots
 from kgl.tl._de import PODOCYTE_MARKERS, glom_markers, marker_check
 from kgl.tl._evaluate import calibration_table, choose_threshold, evaluate, evaluate_spots
-from kgl.tl._protocol import evaluate_recipe, summarise_protocol
+from kgl.tl._protocol import evaluate_recipe, rescore_protocol, summarise_protocol
 from kgl.tl._recipe import DEFAULT_RECIPE, evaluate_patches, train_default_model
 from kgl.tl._split import check_no_leakage, split_by_group
 from kgl.tl._train import (
@@ -39,6 +39,7 @@ __all__ = [
     "glom_markers",
     "marker_check",
     "prior_shift",
+    "rescore_protocol",
     "split_by_group",
     "summarise_protocol",
     "train",

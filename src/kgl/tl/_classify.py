@@ -109,8 +109,12 @@ def _predict(
     amp: Any,
     show_progress: bool,
     desc: str,
+    transform: Any = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Run the model over a patch dataset; returns probabilities, embeddings and in-image fractions."""
+    """Run the model over a patch dataset; returns probabilities, embeddings and in-image fractions.
+
+    ``transform`` maps each uint8 batch ``(B, H, W, 3)`` before normalisation (stain normalisation).
+    """
     import torch
     from scipy.special import expit
     from torch.utils.data import DataLoader
@@ -143,6 +147,8 @@ def _predict(
     with torch.inference_mode(), torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
         for idx, x, f in tqdm(loader, total=len(chunks), desc=desc, unit="batch", disable=not show_progress):
             x = torch.as_tensor(x)
+            if transform is not None:
+                x = transform(x)
             if device.type == "cuda" and num_workers == 0:
                 x = x.pin_memory()
             x = normalise_uint8(x.to(device, non_blocking=True), mean, std, greyscale=greyscale)
@@ -173,6 +179,7 @@ def classify_spots(
     threshold: float | str | None = None,
     uncertain: tuple[float, float] | None = (0.2, 0.8),
     adapt_bn: bool = False,
+    stain_norm: str | None = None,
     img_key: str | None = None,
     allow_upsampling: bool = False,
     spatial_key: str = "spatial",
@@ -227,6 +234,11 @@ def classify_spots(
         Test-time adaptation per library (AdaBN): re-estimate the BatchNorm statistics on that
         library's own patches before classifying it (:func:`kgl.tl.adapt_batchnorm`; one extra pass,
         no labels; the caller's model is not changed).
+    stain_norm
+        ``"macenko"``: per library, estimate the stains once on (up to 256 of) that library's own
+        patches and map every patch onto a reference H&E (:class:`kgl.im.MacenkoNormalizer`, with
+        torchstain) before classifying; applied before AdaBN when both are asked for. ``None``: the
+        patches as they are (the default: see the comparison in docs/training.md).
     img_key
         Which image to read (``"fullres"``, ``"hires"``, ``"lowres"``); the highest resolution by default.
     allow_upsampling
@@ -265,7 +277,7 @@ def classify_spots(
     import torch
 
     from kgl import __version__
-    from kgl.im import SpotPatchDataset, check_resolution, spot_sets
+    from kgl.im import STAIN_NORMS, MacenkoNormalizer, SpotPatchDataset, check_resolution, spot_sets
     from kgl.im._spots import _check_patch_args
     from kgl.models import fold_batchnorm, resolve_model, state_dict_sha256
     from kgl.tl._device import autocast_dtype, resolve_device
@@ -295,6 +307,8 @@ def classify_spots(
         threshold = float(cfg["threshold"] if threshold is None else threshold)
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be in [0, 1], got {threshold!r}.")
+    if stain_norm is not None and stain_norm not in STAIN_NORMS:
+        raise ValueError(f"stain_norm must be None or one of {STAIN_NORMS}, got {stain_norm!r}.")
     if uncertain is not None and not (len(uncertain) == 2 and 0.0 <= uncertain[0] <= uncertain[1] <= 1.0):
         raise ValueError(f"uncertain must be a (low, high) band inside [0, 1], got {uncertain!r}.")
     sets = spot_sets(adata, library_id=library_id, img_key=img_key, spatial_key=spatial_key, library_key=library_key)
@@ -313,10 +327,16 @@ def classify_spots(
     for spots in sets:
         ds = SpotPatchDataset(spots, patch_um=patch_um, size=input_size)
         net = folded
+        stain = None
+        if stain_norm is not None:  # the sample's stains from a spread subsample of its spots, read one by one
+            take = np.unique(np.linspace(0, len(ds) - 1, min(256, len(ds))).round().astype(int))
+            stain = MacenkoNormalizer().fit([np.stack([ds[int(i)][0] for i in take])])
         if adapt_bn:
             from kgl.tl._adapt import adapt_batchnorm
 
-            patches = (ds.read_chunk(idx)[0] for idx in ds.chunks(batch_size))
+            patches = (
+                stain(p) if stain is not None else p for p in (ds.read_chunk(idx)[0] for idx in ds.chunks(batch_size))
+            )
             net = fold_batchnorm(adapt_batchnorm(base, patches, device=dev, amp=amp))
             net = net.to(dev, memory_format=torch.channels_last)
         p, e, f = _predict(
@@ -328,6 +348,7 @@ def classify_spots(
             amp=amp,
             show_progress=show_progress,
             desc=f"classify {spots.library_id}",
+            transform=stain,
         )
         lib_info: dict[str, Any] = {}
         if threshold_rule is not None:
@@ -341,6 +362,7 @@ def classify_spots(
         per_lib[spots.library_id] = {
             **lib_info,
             "adapted_bn": bool(adapt_bn),
+            **({"stain_norm": stain.as_params()} if stain is not None else {}),
             "img_key": spots.img_key,
             **(spots.mpp_info.as_params() if spots.mpp_info is not None else {"mpp": spots.mpp}),
             "img_mpp": spots.image_mpp,  # µm per pixel of the finest level of the image read
@@ -374,6 +396,7 @@ def classify_spots(
         "threshold": threshold if threshold_rule is None else _one_threshold(per_lib),
         "threshold_rule": threshold_rule or ("given" if threshold_given else "validation"),
         "adapt_bn": bool(adapt_bn),
+        "stain_norm": stain_norm or "none",
         "uncertain": None if uncertain is None else [float(u) for u in uncertain],
         "temperature": float(cfg.get("temperature", 1.0)),
         "logit_bias": float(cfg.get("logit_bias", 0.0)),

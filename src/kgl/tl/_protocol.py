@@ -10,7 +10,8 @@ measure, per seed, on data never trained on:
   other case's patches repeated ``he_repeat`` times) and tested on the case left out; a recipe
   without H&E is trained once and tested on both cases.
 
-Each spot set is classified as is and with AdaBN (:func:`kgl.tl.adapt_batchnorm`), and called
+Each spot set is classified as is, with AdaBN (:func:`kgl.tl.adapt_batchnorm`) and with Macenko
+stain normalisation per sample (:class:`kgl.im.MacenkoNormalizer`), and called
 with the validation threshold, the sample's expected-F1 threshold and EM prior-shift + expected-F1
 (:mod:`kgl.tl._adapt`). Thresholds and calibration are fitted on the multistain validation split
 only, never on a test case.
@@ -29,17 +30,25 @@ import pandas as pd
 
 from kgl._logging import logger
 
-__all__ = ["HE_CASES", "evaluate_recipe", "summarise_protocol"]
+__all__ = ["HE_CASES", "TTA_VARIANTS", "evaluate_recipe", "rescore_protocol", "summarise_protocol"]
 
 #: The H&E biopsy cases (``kgl.datasets.he_biopsy_slides()["group"]``).
 HE_CASES = ("C002", "C004")
 _METRICS = ("roc_auc", "pr_auc", "f1", "precision", "recall", "ece")
-_VARIANTS = (("plain", "validation"), ("plain", "expected-f1"), ("plain", "prior-shift"), ("adabn", "validation"),
-             ("adabn", "expected-f1"), ("adabn", "prior-shift"))  # fmt: skip
 
 
-def _spot_rows(model: Any, adata: Any, *, device: Any, adabn: bool, base: dict[str, Any]) -> list[dict[str, Any]]:
-    """Classify a pseudo-Visium as is (and with AdaBN) and score each threshold rule against its coverage."""
+#: Test-time variants of the protocol: ``tta`` value → :func:`kgl.tl.classify_spots` arguments.
+TTA_VARIANTS: dict[str, dict[str, Any]] = {
+    "plain": {},
+    "adabn": {"adapt_bn": True},
+    "macenko": {"stain_norm": "macenko"},
+}
+
+
+def _spot_rows(
+    model: Any, adata: Any, *, device: Any, tta: Sequence[str] = ("plain",), base: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """Classify a pseudo-Visium with each test-time variant and score each threshold rule against its coverage."""
     from kgl.tl._classify import apply_threshold_rule, classify_spots
     from kgl.tl._evaluate import evaluate
 
@@ -48,15 +57,15 @@ def _spot_rows(model: Any, adata: Any, *, device: Any, adabn: bool, base: dict[s
     y = (cov[keep] >= 0.5).astype(int)
     cfg = model.config
     rows = []
-    for tta in ("plain", "adabn") if adabn else ("plain",):
+    for variant in tta:
         out = classify_spots(
-            adata, model, adapt_bn=tta == "adabn", copy=True, show_progress=False, device=device, uncertain=None
+            adata, model, copy=True, show_progress=False, device=device, uncertain=None, **TTA_VARIANTS[variant]
         )
         p_all = out.obs["glomerulus_proba"].to_numpy(dtype=np.float64)
         for rule in ("validation", "expected-f1", "prior-shift"):
             q, thr, extra = apply_threshold_rule(p_all, rule, cfg)  # from every spot: no labels involved
             m = evaluate(y, q[keep], threshold=thr)
-            rows.append({**base, "tta": tta, "threshold_rule": rule, "threshold": thr, "n": len(y),
+            rows.append({**base, "tta": variant, "threshold_rule": rule, "threshold": thr, "n": len(y),
                          "n_pos": int(y.sum()), **{k: m[k] for k in _METRICS}, **extra})  # fmt: skip
     return rows
 
@@ -68,6 +77,7 @@ def evaluate_recipe(
     out_dir: str | os.PathLike | None = None,
     max_patches_per_split: int | None = None,
     adabn: bool = True,
+    stain_norm: bool = True,
     device: Any = "auto",
     show_progress: bool = False,
 ) -> pd.DataFrame:
@@ -77,7 +87,8 @@ def evaluate_recipe(
     ----------
     recipe
         Entries overriding :data:`kgl.tl.DEFAULT_RECIPE`; its ``he_repeat`` says how many times
-        the training case's H&E patches are repeated in the training split (0: no H&E in training).
+        the training case's H&E patches are repeated in the training split (0: no H&E in training;
+        default: the default recipe's).
     seeds
         Seeds of patch sampling, split and training (≥ 3 for a claim).
     out_dir
@@ -87,6 +98,8 @@ def evaluate_recipe(
         Subsample each multistain split (class balance kept) for quick runs.
     adabn
         Also score every spot set with AdaBN.
+    stain_norm
+        Also score every spot set with Macenko stain normalisation.
     device, show_progress
         As in :func:`kgl.tl.train`.
 
@@ -106,7 +119,7 @@ def evaluate_recipe(
     from kgl.tl._train import train
 
     recipe = dict(recipe or {})
-    he_repeat = int(recipe.pop("he_repeat", 0))
+    he_repeat = int(recipe.pop("he_repeat", DEFAULT_RECIPE["he_repeat"]))
     unknown = set(recipe) - set(DEFAULT_RECIPE)
     if unknown:
         raise TypeError(
@@ -127,6 +140,7 @@ def evaluate_recipe(
     pas = kgl.datasets.pas_tiles_visium()
     he_spots = {case: kgl.datasets.he_biopsy_visium(cases=case) for case in HE_CASES}
     folds: list[str | None] = list(HE_CASES) if he_repeat > 0 else [None]
+    tta = ("plain", *(["adabn"] if adabn else []), *(["macenko"] if stain_norm else []))
     rows: list[dict[str, Any]] = []
     train_kw = {k: v for k, v in full.items() if k not in ("patch_um", "he_repeat")}
     try:
@@ -170,15 +184,13 @@ def evaluate_recipe(
                 rows.append({**base, "set": "multistain-test", "case": "", "tta": "plain",
                              "threshold_rule": "validation", "threshold": float(model.config["threshold"]),
                              "n": len(y), "n_pos": int(y.sum()), **{k: m[k] for k in _METRICS}})  # fmt: skip
-                rows += _spot_rows(
-                    model, pas, device=device, adabn=adabn, base={**base, "set": "pas-spots", "case": ""}
-                )
+                rows += _spot_rows(model, pas, device=device, tta=tta, base={**base, "set": "pas-spots", "case": ""})
                 for case in test_cases:
                     rows += _spot_rows(
                         model,
                         he_spots[case],
                         device=device,
-                        adabn=adabn,
+                        tta=tta,
                         base={**base, "set": "he-spots", "case": case},
                     )
                 if tmp is None:  # after every training: an interrupted protocol keeps what it measured
@@ -204,6 +216,45 @@ def evaluate_recipe(
     df.attrs["recipe"] = full
     if tmp is None:
         _write_rows(rows, out / "protocol.csv")
+    return df
+
+
+def rescore_protocol(
+    out_dir: str | os.PathLike, tta: Sequence[str] = ("macenko",), *, device: Any = "auto"
+) -> pd.DataFrame:
+    """Score the checkpoints of a finished :func:`evaluate_recipe` run with more test-time variants.
+
+    Each ``<out_dir>/seed<k>-<fold>/best.pt`` is classified again on the same held-out spot sets
+    (the PAS tiles, and the H&E case(s) its fold did not train on) with each variant of ``tta``
+    (:data:`TTA_VARIANTS`); the rows replace any earlier ones of those variants in
+    ``<out_dir>/protocol.csv``, which is returned. No training, and no test case is added.
+    """
+    import kgl
+    from kgl.models import load_checkpoint
+
+    out = Path(out_dir)
+    unknown = set(tta) - set(TTA_VARIANTS)
+    if unknown:
+        raise ValueError(f"Unknown test-time variants {sorted(unknown)}; known: {sorted(TTA_VARIANTS)}.")
+    path = out / "protocol.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{str(path)!r} does not exist: rescore_protocol reads a finished evaluate_recipe run.")
+    old = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    runs = old[["seed", "fold", "seconds", "best_epoch"]].drop_duplicates(["seed", "fold"])
+    pas = kgl.datasets.pas_tiles_visium()
+    he_spots = {case: kgl.datasets.he_biopsy_visium(cases=case) for case in HE_CASES}
+    rows: list[dict[str, Any]] = []
+    for r in runs.itertuples(index=False):
+        model = load_checkpoint(out / f"seed{r.seed}-{r.fold}" / "best.pt")
+        base = {"seed": int(r.seed), "fold": r.fold, "seconds": r.seconds, "best_epoch": r.best_epoch}
+        rows += _spot_rows(model, pas, device=device, tta=tta, base={**base, "set": "pas-spots", "case": ""})
+        for case in [r.fold] if r.fold in HE_CASES else HE_CASES:
+            rows += _spot_rows(
+                model, he_spots[case], device=device, tta=tta, base={**base, "set": "he-spots", "case": case}
+            )
+    keep = old[~old["tta"].isin(tta)]
+    df = pd.concat([keep, pd.DataFrame(rows)], ignore_index=True)
+    _write_rows(df.to_dict("records"), path)
     return df
 
 

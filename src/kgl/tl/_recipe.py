@@ -5,37 +5,25 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from kgl._logging import logger
+from kgl.models import DEFAULT_MODEL, REGISTRY
 
 __all__ = ["DEFAULT_RECIPE", "evaluate_patches", "train_default_model"]
 
-#: The documented default recipe (2-core CPU, offline): MobileNet_V2 ImageNet weights (the ones
+#: The recipe of kgl's default model (:data:`kgl.models.DEFAULT_MODEL`, ``kgl-glom-v2``; each registry
+#: entry carries its own, :attr:`kgl.models.ModelEntry.recipe`): MobileNet_V2 ImageNet weights (the ones
 #: available offline; ``backbone="resnet50", weights="IMAGENET1K_V2"`` is the recipe for GPUs/online),
-#: 110-µm patches at 224 px, stain + colour augmentation, class-balanced sampling, 1 head-only epoch.
-#: Chosen by the comparison in docs/training.md (held-out biopsies and the PAS tiles of another site).
-DEFAULT_RECIPE: dict[str, Any] = {
-    "backbone": "mobilenet_v2",
-    "weights": "IMAGENET1K_V1",
-    "patch_um": 110.0,
-    "input_size": 224,
-    "epochs": 6,
-    "batch_size": 48,
-    "lr": 2e-3,
-    "backbone_lr_factor": 0.25,
-    "freeze_epochs": 1,
-    "balance": "sampler",
-    "augment": "hed+color",
-    "scale_jitter": (0.8, 1.25),
-    "patience": 3,
-    # H&E biopsy patches (kgl.datasets.he_biopsy_slides) in the training split, repeated this many times;
-    # 0: no H&E. Measured with kgl.tl.evaluate_recipe (leave one H&E case out).
-    "he_repeat": 0,
-}
+#: 110-µm patches at 112 px, stain + colour augmentation, class-balanced sampling, 1 head-only epoch,
+#: and the H&E biopsy patches (:func:`kgl.datasets.he_biopsy_slides`) repeated ``he_repeat`` = 3 times
+#: in the training split. Chosen with :func:`kgl.tl.evaluate_recipe` (leave one H&E case out, PAS tiles
+#: of another site, held-out biopsies; several seeds): see docs/training.md.
+DEFAULT_RECIPE: dict[str, Any] = dict(REGISTRY[DEFAULT_MODEL].recipe)
 
 
 def evaluate_patches(
@@ -105,6 +93,15 @@ def _with_he(
     return pd.concat([patches, *[he] * repeat], ignore_index=True), he
 
 
+def _jsonable(x: Any) -> Any:
+    """Plain dicts and lists (JSON) from mappings and tuples."""
+    if isinstance(x, dict | MappingProxyType):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_jsonable(v) for v in x]
+    return x
+
+
 def _subsample(patches: pd.DataFrame, max_per_split: int, seed: int) -> pd.DataFrame:
     """At most ``max_per_split`` rows per split, keeping each split's class balance."""
     rng = np.random.default_rng(seed)
@@ -120,7 +117,7 @@ def _subsample(patches: pd.DataFrame, max_per_split: int, seed: int) -> pd.DataF
 def train_default_model(
     out_dir: str | os.PathLike | None = None,
     *,
-    name: str = "kgl-glom-v1",
+    name: str = DEFAULT_MODEL,
     install: bool = True,
     seed: int = 0,
     device: Any = "auto",
@@ -130,7 +127,7 @@ def train_default_model(
     show_progress: bool = True,
     **overrides: Any,
 ) -> Path:
-    """Train, evaluate and install kgl's glomerulus model with :data:`DEFAULT_RECIPE`.
+    """Train, evaluate and install one of kgl's glomerulus models with its registered recipe.
 
     1. Slides: :func:`kgl.datasets.multistain_slides` (Masson / PASM / PAS biopsy snapshots, µm/px
        estimated per image from glomerulus size).
@@ -147,7 +144,8 @@ def train_default_model(
     out_dir
         Working folder (checkpoints, curves, history, card); default ``<cachedir>/training/<name>``.
     name
-        Registry name of the model.
+        Registry name of the model: its :attr:`~kgl.models.ModelEntry.recipe` is the starting point
+        (a name not in the registry starts from :data:`DEFAULT_RECIPE`).
     install
         Copy the best checkpoint to the model cache.
     seed
@@ -159,7 +157,7 @@ def train_default_model(
     external
         Evaluate on the PAS tiles (needs ``glomeruli-pas-tiles``).
     overrides
-        Replace entries of :data:`DEFAULT_RECIPE`.
+        Replace entries of the recipe.
 
     Returns
     -------
@@ -176,7 +174,8 @@ def train_default_model(
     unknown = set(overrides) - set(DEFAULT_RECIPE)
     if unknown:
         raise TypeError(f"Unknown recipe entries {sorted(unknown)}; the recipe has {sorted(DEFAULT_RECIPE)}.")
-    recipe = {**DEFAULT_RECIPE, **overrides}
+    base = REGISTRY[name].recipe if name in REGISTRY else DEFAULT_RECIPE
+    recipe = {**base, **overrides}
     out = Path(out_dir) if out_dir is not None else Path(settings.cachedir) / "training" / name
     t0 = time.perf_counter()
     slides = kgl.datasets.multistain_slides()
@@ -252,6 +251,9 @@ def train_default_model(
                 metrics["he_biopsy_visium (H&E, spots)"] = evaluate_spots(he_adata)
     _evaluation_plots(out, curves, metrics["test (held-out biopsies, patches)"])
     model.config["metrics"] = metrics
+    entry = REGISTRY.get(name)
+    if entry is not None and entry.protocol and recipe == dict(entry.recipe) and max_patches_per_split is None:
+        model.config["protocol"] = _jsonable(entry.protocol)
     model.config["training"]["total_seconds"] = time.perf_counter() - t0
     stains = (
         "Trained on Masson/PASM/PAS snapshots only; no H&E in the training data: check calls on H&E Visium "
