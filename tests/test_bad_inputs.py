@@ -876,11 +876,15 @@ def _(c):
     return lambda: kgl.models.resolve_model("glom-test"), [c.tmp / "cache"]
 
 
-@case("registry-model-not-cached", FileNotFoundError, r"Model 'kgl-glom-v1' is not in the model cache.*`kgl train`")
+@case(
+    "registry-model-not-cached",
+    FileNotFoundError,
+    r"Model 'kgl-glom-v2' is not in the model cache.*`kgl train --name kgl-glom-v2`",
+)
 def _(c):
     c.mp.setattr(settings, "cachedir", c.tmp / "cache")
     a = _visium()
-    return _classify(a, model="kgl-glom-v1"), [a, c.tmp]
+    return _classify(a, model="kgl-glom-v2"), [a, c.tmp]
 
 
 # --- arguments --------------------------------------------------------------------------------
@@ -920,6 +924,19 @@ def _(c):
 def _(c):
     a = _visium()
     return _classify(a, threshold=2.0), [a]
+
+
+@case("stain-norm-unknown", ValueError, r"stain_norm must be None or one of \('macenko',\), got 'reinhard'")
+def _(c):
+    a = _visium()
+    return _classify(a, stain_norm="reinhard"), [a]
+
+
+@case("stain-norm-without-tissue", ValueError, r"Macenko stain normalisation needs stained tissue: only 0 of")
+def _(c):
+    a = _visium()
+    _lib(a)["images"]["hires"][...] = 250  # a blank (white) slide: no stain to estimate
+    return _classify(a, stain_norm="macenko"), [a]
 
 
 @case("key-added-empty", ValueError, r"key_added must be a non-empty string")

@@ -15,9 +15,9 @@ kgl finds kidney glomeruli in Visium sections. For every spot it writes a glomer
 a probability and a CNN embedding into the AnnData (obs/obsm), the same as kgl.tl.classify_spots.
 
   kgl classify <visium folder | data.h5ad | data.zarr> --out result.h5ad
-  kgl train                        # train kgl's glomerulus model (default recipe, ~11 min on 2 CPU cores)
+  kgl train                        # train kgl's default glomerulus model (kgl-glom-v2; minutes on 2 CPU cores)
   kgl evaluate-recipe --out runs/  # the evaluation protocol: seeds x held-out sets (multistain, PAS, H&E)
-  kgl demo --out kgl-demo          # classify the semi-synthetic PAS-tiles Visium and plot it
+  kgl demo --out kgl-demo          # classify the PAS-tiles and H&E pseudo-Visium, report, plot
 """
 
 
@@ -90,6 +90,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--he-repeat", type=int, default=None, help="H&E patches repeated N times in training (default: the recipe's)"
     )
+    t.add_argument("--select", default=None, help="epoch kept: val_auroc or val_loss (default: the recipe's)")
     t.add_argument("--max-patches-per-split", type=int, default=None, help="subsample for a quick run")
     t.add_argument("--no-external", action="store_true", help="skip the PAS-tiles evaluation")
     t.add_argument("--no-install", action="store_true", help="do not copy the model into the cache")
@@ -123,6 +124,7 @@ def _parser() -> argparse.ArgumentParser:
         ("--patch-um", float, "patch side in µm"),
         ("--batch-size", int, "patches per step"),
         ("--augment", str, "augmentation recipe (kgl.tl.AUGMENTATIONS)"),
+        ("--select", str, "epoch kept: val_auroc or val_loss"),
     ):
         e.add_argument(flag, type=typ, default=None, help=f"{what} (default: the default recipe's)")
     e.add_argument("--max-patches-per-split", type=int, default=None, help="subsample for a quick run")
@@ -132,11 +134,12 @@ def _parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser(
         "demo",
-        help="train kgl's model if needed, classify the semi-synthetic PAS-tiles Visium, report and plot",
+        help="train kgl's model if needed, classify the PAS-tiles and H&E pseudo-Visium, report and plot",
         description="Use kgl's trained glomerulus model (training it first with `kgl train` if it is not cached), "
         "build the semi-synthetic Visium from the PAS tiles (kgl.datasets.pas_tiles_visium, another site and stain "
         "than the training data), classify its spots, print spot-level metrics against the ground truth and write "
-        "the plot and the annotated .h5ad.",
+        "the plot and the annotated .h5ad; then the same report for the H&E biopsy pseudo-Visium "
+        "(kgl.datasets.he_biopsy_visium), with the recipe's held-out H&E results when the model trained on it.",
     )
     d.add_argument("--out", default="kgl-demo", help="output folder (default: %(default)s)")
     _add_model_args(d, DEFAULT_MODEL)
@@ -256,6 +259,22 @@ def _print_metrics(metrics: dict[str, dict[str, Any]]) -> None:
         print(f"{split:{width}}{cells}")
 
 
+def _print_protocol(proto: dict[str, Any]) -> None:
+    """The recipe's held-out results over seeds (model config ``protocol``), as mean ± sd."""
+    results = proto.get("results") or {}
+    if not results:
+        return
+    seeds = proto.get("seeds") or []
+    print(f"held out, the recipe over {len(seeds)} seeds (kgl evaluate-recipe; {proto.get('machine', '')}):")
+    width = max(len(k) for k in results) + 2
+    print(f"{'':{width}}" + "".join(f"{k:>18}" for k in ("roc_auc", "f1", "ece")))
+    for name, r in results.items():
+        cells = "".join(
+            f"{r[k][0]:.3f} ± {r[k][1]:.3f}".rjust(18) if k in r else f"{'–':>18}" for k in ("roc_auc", "f1", "ece")
+        )
+        print(f"{name:{width}}{cells}")
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     import kgl
 
@@ -270,6 +289,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             "batch_size": args.batch_size,
             "augment": args.augment,
             "he_repeat": args.he_repeat,
+            "select": args.select,
         }.items()
         if v is not None
     }
@@ -304,7 +324,7 @@ def _cmd_evaluate_recipe(args: argparse.Namespace) -> int:
     from kgl._utils import atomic_path, ensure_dir
 
     out = ensure_dir(args.out, what="protocol outputs")
-    names = ("backbone", "weights", "epochs", "input_size", "patch_um", "batch_size", "augment")
+    names = ("backbone", "weights", "epochs", "input_size", "patch_um", "batch_size", "augment", "select")
     names += ("he_repeat",)
     recipe = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     t0 = time.perf_counter()
@@ -345,7 +365,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         try:
             kgl.models.fetch_model(args.model)
         except FileNotFoundError:
-            print(f"model {args.model!r} is not cached: training it first (kgl train, about 11 minutes on 2 CPU cores)")
+            print(f"model {args.model!r} is not cached: training it first (kgl train --name {args.model})")
             kgl.tl.train_default_model(name=args.model, show_progress=not args.quiet)
     t0 = time.perf_counter()
     adata = kgl.datasets.pas_tiles_visium()
@@ -380,6 +400,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                 f"note: this model was trained on H&E cases {trained_on}: these numbers are not a held-out test; "
                 "see the leave-one-case-out protocol (kgl evaluate-recipe, docs/training.md)."
             )
+            _print_protocol(kgl.models.resolve_model(args.model).config.get("protocol") or {})
     png = out / "spatial_glom.png"
     kgl.pl.spatial_glom(
         adata, key=args.key_added, color=[args.key_added, f"{args.key_added}_proba", "glomerulus_coverage"], save=png

@@ -86,6 +86,15 @@ def test_train_small_run_writes_history_checkpoint_and_calibration(tmp_path):
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(loaded.eval()(x), res.model.eval()(x))
+    # the epoch kept follows `select`: highest validation ROC-AUC by default, lowest validation loss on request
+    assert res.best_epoch == int(h.sort_values(["val_auroc", "val_loss"], ascending=[False, True])["epoch"].iloc[0])
+    by_loss = kgl.tl.train(
+        table, backbone="mobilenet_v2", weights=None, input_size=32, epochs=3, batch_size=8, lr=3e-3,
+        freeze_epochs=0, patience=5, select="val_loss", show_progress=False, augment="color", seed=0,
+        device="cpu", precision="fp32",
+    )  # fmt: skip
+    assert by_loss.best_epoch == int(by_loss.history["val_loss"].idxmin()) + 1
+    assert by_loss.model.config["training"]["recipe"]["select"] == "val_loss"
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
@@ -166,6 +175,8 @@ def test_train_input_errors(tmp_path):
     leaky.loc[leaky.index[leaky["group"] == "s2"][0], "split"] = "val"  # slide s2 now in train and val
     with pytest.raises(ValueError, match="s2"):
         kgl.tl.train(leaky, backbone="mobilenet_v2", weights=None)
+    with pytest.raises(ValueError, match="select must be one of"):
+        kgl.tl.train(table, backbone="mobilenet_v2", weights=None, select="val_f1")
     onlyneg = table.copy()
     onlyneg.loc[onlyneg["split"] == "val", "label"] = 0
     with pytest.raises(ValueError, match="both classes"):

@@ -57,6 +57,7 @@ _BASE_RECIPE: dict[str, Any] = {
     "augment": "hed+color",
     "scale_jitter": (0.8, 1.25),
     "patience": 3,
+    "select": "val_auroc",
     "he_repeat": 0,
 }
 
@@ -83,7 +84,7 @@ REGISTRY: dict[str, ModelEntry] = {
         sha256=None,
         description="MobileNet_V2 (ImageNet) fine-tuned on Masson/PASM/PAS glomeruli plus 2 H&E biopsy cases "
         "(patches repeated 3x), 110-µm patches at 112 px",
-        recipe=MappingProxyType({**_BASE_RECIPE, "input_size": 112, "he_repeat": 3}),
+        recipe=MappingProxyType({**_BASE_RECIPE, "input_size": 112, "he_repeat": 3, "select": "val_loss"}),
         protocol=MappingProxyType(_PROTOCOL_V2),
     ),
 }
@@ -110,8 +111,9 @@ def fetch_model(name: str) -> Path:
     if entry.url is None:
         raise FileNotFoundError(
             f"Model {name!r} is not in the model cache ({str(local)!r}) and not published for download yet. "
-            "Train it on this machine with `kgl train` (kgl.tl.train_default_model; about 11 minutes on a 2-core "
-            "CPU), or pass a checkpoint path / torchvision backbone as model=."
+            f"Train it on this machine with `kgl train --name {name}` (kgl.tl.train_default_model(name={name!r}); "
+            "minutes on a 2-core CPU, see docs/training.md), or pass a checkpoint path / torchvision backbone as "
+            "model=."
         )
     if entry.sha256 is None:
         raise ValueError(f"Registry entry {name!r} has a URL but no sha256: kgl downloads only checksummed files.")

@@ -9,6 +9,7 @@ from kgl.tl._recipe import DEFAULT_RECIPE, evaluate_patches, train_default_model
 from kgl.tl._split import check_no_leakage, split_by_group
 from kgl.tl._train import (
     AUGMENTATIONS,
+    SELECT_RULES,
     PatchDataset,
     TrainResult,
     build_transform,
@@ -21,6 +22,7 @@ __all__ = [
     "AUGMENTATIONS",
     "DEFAULT_RECIPE",
     "PODOCYTE_MARKERS",
+    "SELECT_RULES",
     "PatchDataset",
     "TrainResult",
     "adapt_batchnorm",

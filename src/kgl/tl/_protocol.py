@@ -95,7 +95,7 @@ def evaluate_recipe(
         Where each run's checkpoints and history go (``<out_dir>/seed<k>-<fold>``), and the rows as
         ``protocol.csv``; a temporary folder when ``None``.
     max_patches_per_split
-        Subsample each multistain split (class balance kept) for quick runs.
+        Subsample each multistain split and the H&E training patches (class balance kept) for quick runs.
     adabn
         Also score every spot set with AdaBN.
     stain_norm
@@ -159,6 +159,7 @@ def evaluate_recipe(
                         patch_um=full["patch_um"],
                         seed=seed,
                         repeat=he_repeat,
+                        max_patches=max_patches_per_split,
                     )
                 trained_cases = set(table.loc[table["split"].isin(["train", "val"]), "group"])
                 test_cases = [held_out] if held_out is not None else list(HE_CASES)

@@ -83,13 +83,26 @@ def _split_patches(
 
 
 def _with_he(
-    patches: pd.DataFrame, he_slides: pd.DataFrame, *, patch_um: float, seed: int, repeat: int
+    patches: pd.DataFrame,
+    he_slides: pd.DataFrame,
+    *,
+    patch_um: float,
+    seed: int,
+    repeat: int,
+    max_patches: int | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """``patches`` plus the H&E slides' patches in the training split, ``repeat`` times; and those H&E patches."""
+    """``patches`` plus the H&E slides' patches in the training split, ``repeat`` times; and those H&E patches.
+
+    ``max_patches`` subsamples the H&E patches (class balance kept) for quick runs, as
+    ``max_patches_per_split`` does the multistain splits: they add at most ``max_patches`` rows
+    with their repeats.
+    """
     import kgl
 
     he = kgl.im.sample_patches(he_slides, patch_um=patch_um, seed=seed)
     he["split"] = "train"
+    if max_patches:
+        he = _subsample(he, max(1, max_patches // max(repeat, 1)), seed)
     return pd.concat([patches, *[he] * repeat], ignore_index=True), he
 
 
@@ -199,7 +212,12 @@ def train_default_model(
     table = patches
     if he_repeat > 0:
         table, he = _with_he(
-            patches, kgl.datasets.he_biopsy_slides(), patch_um=recipe["patch_um"], seed=seed, repeat=he_repeat
+            patches,
+            kgl.datasets.he_biopsy_slides(),
+            patch_um=recipe["patch_um"],
+            seed=seed,
+            repeat=he_repeat,
+            max_patches=max_patches_per_split,
         )
         summary["he_biopsy"] = {
             "cases": sorted(he["group"].unique().tolist()),
