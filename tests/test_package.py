@@ -80,3 +80,17 @@ def test_no_test_reads_kgl_logs_through_plain_caplog():
         if "caplog" in line
     ]
     assert offenders == [], f"use the kgl_log fixture instead of caplog: {offenders}"
+
+
+def test_packaging_one_version_license_and_types():
+    from importlib.metadata import metadata, version
+    from pathlib import Path
+
+    import kgl
+
+    assert kgl.__version__ == version("kgl-spatial")  # one source: pyproject.toml
+    meta = metadata("kgl-spatial")
+    assert meta["License-Expression"] == "BSD-3-Clause" and "LICENSE" in meta.get_all("License-File")
+    root = Path(kgl.__file__).parent
+    assert (root / "py.typed").is_file()
+    assert "BSD 3-Clause" in (root.parents[1] / "LICENSE").read_text()

@@ -9,11 +9,15 @@ imports torch.
 from __future__ import annotations
 
 import importlib
+from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING
 
 from kgl._settings import settings
 
-__version__ = "0.1.0.dev0"
+try:  # one source of truth: pyproject.toml's version, as installed
+    __version__ = version("kgl-spatial")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree that was never installed
+    __version__ = "0+unknown"
 __all__ = ["datasets", "im", "io", "models", "pl", "settings", "tl"]
 
 _SUBMODULES = {"datasets", "im", "io", "models", "pl", "tl"}
