@@ -19,10 +19,11 @@ __all__ = ["DEFAULT_RECIPE", "evaluate_patches", "train_default_model"]
 #: The recipe of kgl's default model (:data:`kgl.models.DEFAULT_MODEL`, ``kgl-glom-v2``; each registry
 #: entry carries its own, :attr:`kgl.models.ModelEntry.recipe`): MobileNet_V2 ImageNet weights (the ones
 #: available offline; ``backbone="resnet50", weights="IMAGENET1K_V2"`` is the recipe for GPUs/online),
-#: 110-µm patches at 112 px, stain + colour augmentation, class-balanced sampling, 1 head-only epoch,
-#: and the H&E biopsy patches (:func:`kgl.datasets.he_biopsy_slides`) repeated ``he_repeat`` = 3 times
-#: in the training split. Chosen with :func:`kgl.tl.evaluate_recipe` (leave one H&E case out, PAS tiles
-#: of another site, held-out biopsies; several seeds): see docs/training.md.
+#: 110-µm patches at 112 px, stain + colour augmentation, class-balanced sampling, 1 head-only epoch
+#: then 3 fine-tuning epochs, the epoch with the lowest validation loss kept, and the H&E biopsy
+#: patches (:func:`kgl.datasets.he_biopsy_slides`) repeated ``he_repeat`` = 3 times in the training
+#: split. Chosen with :func:`kgl.tl.evaluate_recipe` (leave one H&E case out, PAS tiles of another
+#: site, held-out biopsies; 3 seeds): see docs/training.md.
 DEFAULT_RECIPE: dict[str, Any] = dict(REGISTRY[DEFAULT_MODEL].recipe)
 
 
