@@ -50,3 +50,16 @@ def test_each_registered_model_carries_its_recipe():
     for row in results.values():
         for mean, sd in row.values():
             assert 0 <= mean <= 1 and 0 <= sd < 0.5
+
+
+@pytest.mark.realdata
+def test_default_recipe_without_the_he_set_says_how_to_train_without_it(shared_data, tmp_path, monkeypatch):
+    monkeypatch.setattr(settings, "cachedir", tmp_path / "cache")
+
+    def missing(*a, **k):
+        raise FileNotFoundError("Could not find the data folder 'glomeruli-he-biopsy'.")
+
+    monkeypatch.setattr(kgl.datasets, "he_biopsy_slides", missing)
+    with pytest.raises(FileNotFoundError, match=r"(?s)trains on the H&E biopsy set.*kgl train --name kgl-glom-v1"):
+        kgl.tl.train_default_model(tmp_path / "work", max_patches_per_split=30, show_progress=False, device="cpu")
+    assert not (tmp_path / "work").exists() and not (tmp_path / "cache" / "models").exists()  # nothing written

@@ -212,9 +212,18 @@ def train_default_model(
     he_repeat = int(recipe["he_repeat"])
     table = patches
     if he_repeat > 0:
+        try:
+            he_slides = kgl.datasets.he_biopsy_slides()
+        except FileNotFoundError as e:  # before anything is written
+            raise FileNotFoundError(
+                f"The recipe of {name!r} trains on the H&E biopsy set (he_repeat={he_repeat}), which is not available "
+                f"here:\n{e}\nProvide it (KGL_DATA_DIR, or KGL_DATA_URL for a mirror), or train without H&E: "
+                "`kgl train --name kgl-glom-v1` (the Masson/PASM/PAS-only model; `kgl demo --model kgl-glom-v1`) "
+                "or `--he-repeat 0`."
+            ) from e
         table, he = _with_he(
             patches,
-            kgl.datasets.he_biopsy_slides(),
+            he_slides,
             patch_um=recipe["patch_um"],
             seed=seed,
             repeat=he_repeat,
