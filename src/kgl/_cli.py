@@ -90,7 +90,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--he-repeat", type=int, default=None, help="H&E patches repeated N times in training (default: the recipe's)"
     )
-    t.add_argument("--select", default=None, help="epoch kept: val_auroc or val_loss (default: the recipe's)")
+    t.add_argument(
+        "--select", default=None, choices=("val_auroc", "val_loss"), help="epoch kept (default: the recipe's)"
+    )
     t.add_argument("--max-patches-per-split", type=int, default=None, help="subsample for a quick run")
     t.add_argument("--no-external", action="store_true", help="skip the PAS-tiles evaluation")
     t.add_argument("--no-install", action="store_true", help="do not copy the model into the cache")
@@ -126,7 +128,8 @@ def _parser() -> argparse.ArgumentParser:
         ("--augment", str, "augmentation recipe (kgl.tl.AUGMENTATIONS)"),
         ("--select", str, "epoch kept: val_auroc or val_loss"),
     ):
-        e.add_argument(flag, type=typ, default=None, help=f"{what} (default: the default recipe's)")
+        choices = ("val_auroc", "val_loss") if flag == "--select" else None
+        e.add_argument(flag, type=typ, default=None, choices=choices, help=f"{what} (default: the default recipe's)")
     e.add_argument("--max-patches-per-split", type=int, default=None, help="subsample for a quick run")
     e.add_argument("--no-adabn", action="store_true", help="do not score the AdaBN variant")
     e.add_argument("--no-stain-norm", action="store_true", help="do not score the Macenko stain-normalised variant")

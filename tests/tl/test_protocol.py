@@ -29,6 +29,16 @@ def test_protocol_leaves_each_he_case_out_and_reports_every_set(shared_data, tmp
     assert (tmp_path / "runs" / "protocol.csv").is_file() and (tmp_path / "runs" / "seed0-C002" / "best.pt").is_file()
     summary = kgl.tl.summarise_protocol(rows)
     assert (summary["n_seeds"] == 1).all() and np.isnan(summary["roc_auc_std"]).all()
+    # re-scoring the saved checkpoints replaces only that variant's spot rows, on the same held-out cases
+    again = kgl.tl.rescore_protocol(tmp_path / "runs", ("plain",), device="cpu")
+    key = ["seed", "fold", "set", "case", "tta", "threshold_rule"]
+    assert sorted(map(tuple, again[key].astype(str).values)) == sorted(map(tuple, rows[key].astype(str).values))
+    he2 = again[again["set"] == "he-spots"]
+    assert (he2["case"] == he2["fold"]).all() and (again["set"] == "multistain-test").sum() == 2
+    merged = again.merge(rows, on=key, suffixes=("", "_first"))
+    assert np.allclose(merged["roc_auc"], merged["roc_auc_first"], atol=1e-6)  # the same checkpoints, the same calls
+    with pytest.raises(ValueError, match="Unknown test-time variants"):
+        kgl.tl.rescore_protocol(tmp_path / "runs", ("tta-oracle",))
 
     no_he = kgl.tl.evaluate_recipe(
         {**TINY, "he_repeat": 0}, seeds=(1,), max_patches_per_split=30, adabn=False, stain_norm=False, device="cpu"

@@ -161,6 +161,8 @@ def test_resume_is_identical_to_an_uninterrupted_run(tmp_path, monkeypatch):
     monkeypatch.setattr(tr, "_run_eval", real_eval)
     assert len(pd.read_csv(tmp_path / "cut" / "history.csv")) == 2
     assert not (tmp_path / "cut" / "best.pt").exists()
+    with pytest.raises(ValueError, match="kept epochs by select='val_auroc'"):  # its best epoch was by the other rule
+        kgl.tl.train(table, out_dir=tmp_path / "cut", resume=True, **{**kw, "select": "val_loss"})
     resumed = kgl.tl.train(table, out_dir=tmp_path / "cut", resume=True, **kw)
     assert list(resumed.history["epoch"]) == [1, 2, 3]
     np.testing.assert_array_equal(resumed.history["val_loss"], full.history["val_loss"])

@@ -101,11 +101,12 @@ class MacenkoNormalizer:
         is_np = isinstance(x, np.ndarray)
         t = torch.from_numpy(x) if is_np else x
         shape = t.shape
-        od = -torch.log((t.reshape(-1, 3).float() + 1) / self.Io)  # (M, 3)
-        conc = torch.linalg.lstsq(self.stain_matrix.to(od.device), od.T).solution  # (2, M)
-        conc *= (self.reference[1].to(od.device) / self.max_concentrations.to(od.device)).unsqueeze(-1)
-        out = self.Io * torch.exp(-(self.reference[0].to(od.device) @ conc))
-        out = out.T.clamp_(0, 255).round_().to(torch.uint8).reshape(shape)
+        with torch.autocast(t.device.type, enabled=False):  # fp32 even inside classify_spots' bf16 autocast
+            od = -torch.log((t.reshape(-1, 3).float() + 1) / self.Io)  # (M, 3)
+            conc = torch.linalg.lstsq(self.stain_matrix.to(od.device), od.T).solution  # (2, M)
+            conc *= (self.reference[1].to(od.device) / self.max_concentrations.to(od.device)).unsqueeze(-1)
+            out = self.Io * torch.exp(-(self.reference[0].to(od.device) @ conc))
+            out = out.T.clamp_(0, 255).round_().to(torch.uint8).reshape(shape)
         return out.numpy() if is_np else out
 
     def as_params(self) -> dict[str, Any]:

@@ -240,7 +240,7 @@ def rescore_protocol(
     path = out / "protocol.csv"
     if not path.is_file():
         raise FileNotFoundError(f"{str(path)!r} does not exist: rescore_protocol reads a finished evaluate_recipe run.")
-    old = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    old = pd.read_csv(path, keep_default_na=False, na_values=[""]).fillna({"case": ""})
     runs = old[["seed", "fold", "seconds", "best_epoch"]].drop_duplicates(["seed", "fold"])
     pas = kgl.datasets.pas_tiles_visium()
     he_spots = {case: kgl.datasets.he_biopsy_visium(cases=case) for case in HE_CASES}
@@ -253,7 +253,7 @@ def rescore_protocol(
             rows += _spot_rows(
                 model, he_spots[case], device=device, tta=tta, base={**base, "set": "he-spots", "case": case}
             )
-    keep = old[~old["tta"].isin(tta)]
+    keep = old[~(old["tta"].isin(tta) & old["set"].isin(["pas-spots", "he-spots"]))]  # only spot sets are re-scored
     df = pd.concat([keep, pd.DataFrame(rows)], ignore_index=True)
     _write_rows(df.to_dict("records"), path)
     return df

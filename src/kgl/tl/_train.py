@@ -463,12 +463,18 @@ def train(
             best_epoch, bad_epochs = int(state["best_epoch"]), int(state["bad_epochs"])
             best_key = tuple(state["best_key"].tolist())
             best_state = state.get("best_model")
+            saved_select = state.get("select", "val_auroc")  # runs before select= existed kept the ROC-AUC
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise ValueError(
                 f"Cannot resume from {str(last)!r}: it belongs to a run with other settings (backbone, input size, "
                 f"epochs, ...) or is incomplete ({torch_error_summary(e)}). Resume with the arguments of the "
                 "interrupted run, or use another out_dir."
             ) from e
+        if saved_select != select:  # its best_key orders epochs by the other rule: comparisons would be wrong
+            raise ValueError(
+                f"Cannot resume from {str(last)!r} with select={select!r}: that run kept epochs by "
+                f"select={saved_select!r}. Resume with select={saved_select!r}, or use another out_dir."
+            )
         logger.info("resuming %s from epoch %d", out / "last.pt", start_epoch)
 
     t_start = time.perf_counter()
@@ -529,8 +535,9 @@ def train(
         }
         history.append(row)
         auroc = float(np.nan_to_num(m["roc_auc"], nan=-1.0))
-        key = (auroc, -val_loss) if select == "val_auroc" else (-val_loss, auroc)
-        improved = key > best_key
+        neg_loss = -val_loss if np.isfinite(val_loss) else -np.inf  # a NaN loss never wins, never blocks
+        key = (auroc, neg_loss) if select == "val_auroc" else (neg_loss, auroc)
+        improved = key > best_key or best_state is None  # the first epoch always counts
         if improved:
             best_key, best_epoch, bad_epochs = key, epoch + 1, 0
             best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
@@ -549,7 +556,18 @@ def train(
         )
         if out is not None:
             _save_state(
-                out, model, optimizer, scheduler, gen, history, epoch, best_epoch, bad_epochs, best_key, best_state
+                out,
+                model,
+                optimizer,
+                scheduler,
+                gen,
+                history,
+                epoch,
+                best_epoch,
+                bad_epochs,
+                best_key,
+                best_state,
+                select,
             )
             _write_history(out, history)
         if bad_epochs >= patience and not frozen:
@@ -643,6 +661,7 @@ def _save_state(
     bad_epochs: int,
     best_key: tuple,
     best_state: Any,
+    select: str,
 ) -> None:
     """Resumable state, loadable with ``weights_only=True`` (tensors, numbers, strings only)."""
     import torch
@@ -661,6 +680,7 @@ def _save_state(
         "bad_epochs": bad_epochs,
         "best_key": torch.tensor(best_key, dtype=torch.float64),
         "best_model": best_state,
+        "select": select,
     }
     with atomic_path(out / "last.pt") as tmp:
         torch.save(state, tmp)
