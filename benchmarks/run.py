@@ -177,22 +177,18 @@ def classify_run(adata: object, model: object) -> tuple[float, float]:
 
 def train_patches_per_s(n_batches: int = 6) -> tuple[float, float]:
     """Training throughput of the default recipe (fine-tuning epoch, its real training patches): patches/s, s/epoch."""
-    import pandas as pd
-
     import kgl
+    from kgl.tl._recipe import _split_patches, _with_he  # the recipe's own patch table, as kgl train builds it
 
     rec = kgl.tl.DEFAULT_RECIPE
-    slides = kgl.datasets.multistain_slides()
-    patches = kgl.im.sample_patches(slides, patch_um=rec["patch_um"], seed=0)
-    patches["split"] = kgl.tl.split_by_group(patches, stratify_key="stain", seed=0).to_numpy()
+    patches = _split_patches(kgl.datasets.multistain_slides(), patch_um=rec["patch_um"], seed=0)
     if rec.get("he_repeat", 0):  # the recipe's H&E patches in the training split, repeated
         try:
-            he = kgl.im.sample_patches(kgl.datasets.he_biopsy_slides(), patch_um=rec["patch_um"], seed=0)
+            he_slides = kgl.datasets.he_biopsy_slides()
         except FileNotFoundError as e:  # time the multistain part only, and say so
             print(f"training throughput without the H&E patches: {str(e).splitlines()[0]}", file=sys.stderr)
         else:
-            he["split"] = "train"
-            patches = pd.concat([patches, *[he] * int(rec["he_repeat"])], ignore_index=True)
+            patches, _ = _with_he(patches, he_slides, patch_um=rec["patch_um"], seed=0, repeat=int(rec["he_repeat"]))
     n_train = int((patches["split"] == "train").sum())
     res = kgl.tl.train(
         patches[patches["split"] != "test"],

@@ -76,7 +76,7 @@ class MacenkoNormalizer:
             raise ValueError(f"patches must be uint8 RGB (B, H, W, 3), got {allp.dtype} {allp.shape}.")
         take = np.unique(np.linspace(0, len(allp) - 1, min(max_patches, len(allp))).round().astype(int))
         mosaic = torch.from_numpy(np.ascontiguousarray(allp[take].reshape(-1, allp.shape[2], 3)))
-        od = -torch.log((mosaic.reshape(-1, 3).float() + 1) / self.Io)
+        od = self._optical_density(mosaic)
         n_tissue = int((~torch.any(od < self.beta, dim=1)).sum())
         if n_tissue < 1000:
             raise ValueError(
@@ -92,6 +92,12 @@ class MacenkoNormalizer:
         self.stain_matrix, self.max_concentrations, self.n_patches = he, maxc, len(take)
         return self
 
+    def _optical_density(self, rgb: Any) -> Any:
+        """Per-pixel optical density ``(M, 3)`` of uint8 RGB pixels, as torchstain computes it."""
+        import torch
+
+        return -torch.log((rgb.reshape(-1, 3).float() + 1) / self.Io)
+
     def __call__(self, x: Any) -> Any:
         """Normalise ``uint8`` RGB patches ``(B, H, W, 3)`` (tensor or array; the same type comes back)."""
         import torch
@@ -102,7 +108,7 @@ class MacenkoNormalizer:
         t = torch.from_numpy(x) if is_np else x
         shape = t.shape
         with torch.autocast(t.device.type, enabled=False):  # fp32 even inside classify_spots' bf16 autocast
-            od = -torch.log((t.reshape(-1, 3).float() + 1) / self.Io)  # (M, 3)
+            od = self._optical_density(t)  # (M, 3)
             conc = torch.linalg.lstsq(self.stain_matrix.to(od.device), od.T).solution  # (2, M)
             conc *= (self.reference[1].to(od.device) / self.max_concentrations.to(od.device)).unsqueeze(-1)
             out = self.Io * torch.exp(-(self.reference[0].to(od.device) @ conc))
