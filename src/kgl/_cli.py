@@ -135,6 +135,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--max-patches-per-split", type=int, default=None, help="subsample for a quick run")
     e.add_argument("--no-adabn", action="store_true", help="do not score the AdaBN variant")
     e.add_argument("--no-stain-norm", action="store_true", help="do not score the Macenko stain-normalised variant")
+    e.add_argument("--resume", action="store_true", help="continue the trainings of an interrupted run in --out")
     e.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: %(default)s)")
 
     d = sub.add_parser(
@@ -340,6 +341,7 @@ def _cmd_evaluate_recipe(args: argparse.Namespace) -> int:
         max_patches_per_split=args.max_patches_per_split,
         adabn=not args.no_adabn,
         stain_norm=not args.no_stain_norm,
+        resume=args.resume,
         device=args.device,
     )
     summary = kgl.tl.summarise_protocol(rows)

@@ -39,6 +39,16 @@ def test_protocol_leaves_each_he_case_out_and_reports_every_set(shared_data, tmp
     assert np.allclose(merged["roc_auc"], merged["roc_auc_first"], atol=1e-6)  # the same checkpoints, the same calls
     with pytest.raises(ValueError, match="Unknown test-time variants"):
         kgl.tl.rescore_protocol(tmp_path / "runs", ("tta-oracle",))
+    # resuming a finished run trains nothing more and scores the same checkpoints again
+    resumed = kgl.tl.evaluate_recipe(
+        {**TINY, "he_repeat": 1}, seeds=(0,), max_patches_per_split=30, out_dir=tmp_path / "runs", adabn=False,
+        stain_norm=False, resume=True, device="cpu",
+    )  # fmt: skip
+    merged = resumed.merge(rows, on=key, suffixes=("", "_first"))
+    assert len(merged) == len(resumed) == (rows["tta"] == "plain").sum()
+    assert np.allclose(merged["roc_auc"], merged["roc_auc_first"], atol=1e-6)
+    with pytest.raises(ValueError, match="needs the out_dir"):
+        kgl.tl.evaluate_recipe(TINY, resume=True)
 
     no_he = kgl.tl.evaluate_recipe(
         {**TINY, "he_repeat": 0}, seeds=(1,), max_patches_per_split=30, adabn=False, stain_norm=False, device="cpu"

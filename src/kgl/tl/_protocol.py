@@ -78,6 +78,7 @@ def evaluate_recipe(
     max_patches_per_split: int | None = None,
     adabn: bool = True,
     stain_norm: bool = True,
+    resume: bool = False,
     device: Any = "auto",
     show_progress: bool = False,
 ) -> pd.DataFrame:
@@ -100,6 +101,10 @@ def evaluate_recipe(
         Also score every spot set with AdaBN.
     stain_norm
         Also score every spot set with Macenko stain normalisation.
+    resume
+        Continue each training from its ``last.pt`` in ``out_dir`` when there is one (a protocol run that
+        was interrupted; see ``resume`` of :func:`kgl.tl.train`); a finished training is only scored again.
+        Its ``seconds`` are then those of the epochs run now.
     device, show_progress
         As in :func:`kgl.tl.train`.
 
@@ -129,6 +134,8 @@ def evaluate_recipe(
         raise ValueError(f"he_repeat must be >= 0, got {he_repeat}.")
     if not len(seeds):
         raise ValueError("seeds must name at least one seed.")
+    if resume and out_dir is None:
+        raise ValueError("resume=True needs the out_dir of the interrupted run.")
     full = {**DEFAULT_RECIPE, **recipe, "he_repeat": he_repeat}
     tmp = None
     if out_dir is None:
@@ -167,10 +174,12 @@ def evaluate_recipe(
                 if leaked:  # the protocol's promise: no case both trained on and tested on
                     raise RuntimeError(f"H&E case(s) {sorted(leaked)} are in training and in the test.")
                 fold = held_out or "none"
+                run_dir = out / f"seed{seed}-{fold}"
                 t0 = time.perf_counter()
                 res = train(
                     table,
-                    out_dir=out / f"seed{seed}-{fold}",
+                    out_dir=run_dir,
+                    resume=resume and (run_dir / "last.pt").is_file(),
                     name=f"protocol-seed{seed}-{fold}",
                     seed=seed,
                     device=device,
