@@ -73,11 +73,11 @@ def reliability(
     """
     from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter
 
-    from kgl.tl._evaluate import _check_inputs, _ece, calibration_table
+    from kgl._metrics import calibration_table, check_inputs, ece
 
-    y, p = _check_inputs(y_true, proba)
+    y, p = check_inputs(y_true, proba)
     table = calibration_table(y, p, n_bins=n_bins)
-    ece = _ece(y, p, n_bins)
+    ece_value = ece(y, p, n_bins)
     if ax is None:
         fig = _new_figure(figsize)
         ax, ax_hist = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
@@ -112,7 +112,7 @@ def reliability(
     ax.set_aspect("auto")
     ax.set_ylabel("observed fraction of glomeruli")
     ax.legend(loc="upper left", fontsize="small", frameon=False)
-    stats = f"ECE = {ece:.3f}, n = {len(y):,}"
+    stats = f"ECE = {ece_value:.3f}, n = {len(y):,}"
     full_title = f"{title}\n{stats}" if title else f"Reliability ({stats})"
     ax.set_title(full_title, fontsize="medium")
     hist_kw = {"width": width, "align": "edge", "color": "0.6", "edgecolor": "0.4", "lw": 0.5}
@@ -281,12 +281,10 @@ def roc_pr(
     ``[roc_ax, pr_ax]``.
 
     """
-    from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
-
     from kgl._logging import logger
-    from kgl.tl._evaluate import _check_inputs
+    from kgl._metrics import check_inputs, roc_pr_curves
 
-    curves = {name: _check_inputs(*pair) for name, pair in _curves(y_true, proba).items()}
+    curves = {name: check_inputs(*pair) for name, pair in _curves(y_true, proba).items()}
     if axes is None:
         fig = _new_figure(figsize)
         ax_roc, ax_pr = fig.subplots(1, 2)
@@ -305,12 +303,12 @@ def roc_pr(
         if y.min() == y.max():
             logger.warning("Curve %r has a single class: no ROC/PR curve drawn.", name or "curve")
             continue
-        fpr, tpr, _ = roc_curve(y, p)
-        ax_roc.plot(fpr, tpr, color=color, lw=1.6, label=label("AUC", roc_auc_score(y, p)))
-        prec, rec, _ = precision_recall_curve(y, p)
-        ap = average_precision_score(y, p)
-        ax_pr.step(rec, prec, where="post", color=color, lw=1.6, label=label("AP", ap))
-        ax_pr.axhline(y.mean(), color=color, ls=":", lw=1, alpha=0.7)
+        c = roc_pr_curves(y, p)
+        ax_roc.plot(c["fpr"], c["tpr"], color=color, lw=1.6, label=label("AUC", c["roc_auc"]))
+        ax_pr.step(
+            c["recall"], c["precision"], where="post", color=color, lw=1.6, label=label("AP", c["average_precision"])
+        )
+        ax_pr.axhline(c["prevalence"], color=color, ls=":", lw=1, alpha=0.7)
     ax_roc.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), xlabel="false positive rate", ylabel="true positive rate")
     ax_roc.set_title("ROC", fontsize="medium")
     ax_pr.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), xlabel="recall", ylabel="precision")
