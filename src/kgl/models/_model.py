@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import pickle
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -170,7 +168,7 @@ def _resolve_weights(backbone: str, weights: str | None) -> Any:
 
 def build_model(
     backbone: str = "resnet50",
-    weights: str | None = "DEFAULT_KGL",
+    weights: str | None = "DEFAULT",
     *,
     class_names: tuple[str, ...] = CLASS_NAMES,
     patch_um: float = 110.0,
@@ -186,9 +184,11 @@ def build_model(
     backbone
         Any torchvision classification model name (``resnet50``, ``mobilenet_v2``, ...).
     weights
-        Name of a member of the backbone's weights enum (``"IMAGENET1K_V2"``), ``"DEFAULT"``, or
-        ``None`` for random initialisation. The default picks :data:`DEFAULT_WEIGHTS`.
-        Weights load the standard torchvision way (downloaded once into ``$TORCH_HOME``).
+        Name of a member of the backbone's weights enum (``"IMAGENET1K_V2"``), or ``None`` for random
+        initialisation. ``"DEFAULT"`` is kgl's choice for the backbone, :data:`DEFAULT_WEIGHTS` (the
+        weights its recipes were measured with), and torchvision's ``DEFAULT`` member for any other
+        backbone. Weights load the standard torchvision way (downloaded once into ``$TORCH_HOME``,
+        sha256-checked) and always with ``weights_only=True``.
     class_names
         Classes of the head, negative first.
     patch_um
@@ -207,22 +207,19 @@ def build_model(
     The classifier; its head is untrained (``config["head_trained"] = False``).
 
     """
-    import torchvision
-
     if backbone not in _torchvision_models():
         raise KeyError(
             f"Unknown torchvision backbone {backbone!r}. Examples: resnet50, mobilenet_v2, efficientnet_b0, "
             "convnext_tiny (torchvision.models.list_models())."
         )
-    if weights == "DEFAULT_KGL":
+    if weights == "DEFAULT":  # kgl's measured weights for its backbones, torchvision's DEFAULT for others
         weights = DEFAULT_WEIGHTS.get(backbone, "DEFAULT")
     w = _resolve_weights(backbone, weights)
     gen_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
         try:
-            with _weights_only_loads():
-                net = torchvision.models.get_model(backbone, weights=w)
+            net = _pretrained(backbone, w)
         except pickle.UnpicklingError as e:
             raise RuntimeError(
                 f"Refusing torchvision weights {w} for {backbone!r}: the cached file does not load with "
@@ -261,25 +258,22 @@ def build_model(
     return model
 
 
-@contextlib.contextmanager
-def _weights_only_loads() -> Iterator[None]:
-    """Make torch.load use ``weights_only=True`` inside the block.
+def _pretrained(backbone: str, w: Any) -> nn.Module:
+    """The torchvision network with the weights enum ``w`` loaded with ``weights_only=True``.
 
-    torchvision loads its ImageNet weights through ``torch.hub.load_state_dict_from_url``, which
-    calls ``torch.load(weights_only=False)``; its ``check_hash`` only checks files it downloads,
-    not one already in ``$TORCH_HOME``. ``TORCH_FORCE_WEIGHTS_ONLY_LOAD`` overrides the call site.
+    ``get_model(backbone, weights=w)`` would load them with ``torch.load(weights_only=False)`` (its
+    ``check_hash`` only covers files it downloads, not one already in ``$TORCH_HOME``); torchvision
+    0.29's ``WeightsEnum.get_state_dict`` passes ``weights_only`` on to ``torch.hub``. The network is
+    built as the enum's builder builds it (``num_classes`` from the weights' categories) and the
+    state dict loaded strictly, so a builder that needs other weight-specific arguments fails loudly.
     """
-    keys = ("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")
-    saved = {k: os.environ.pop(k, None) for k in keys}
-    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    import torchvision
+
+    if w is None:
+        return torchvision.models.get_model(backbone, weights=None)
+    net = torchvision.models.get_model(backbone, weights=None, num_classes=len(w.meta["categories"]))
+    net.load_state_dict(w.get_state_dict(progress=True, check_hash=True, weights_only=True))
+    return net
 
 
 def _torchvision_models() -> list[str]:

@@ -41,7 +41,7 @@ def resolve_model(model: Any = None) -> Any:
             f"Unknown model {model!r}. Trained kgl models: {sorted(REGISTRY) or 'none yet'}; or a checkpoint path; "
             "or an ImageNet torchvision backbone such as 'resnet50' or 'mobilenet_v2:IMAGENET1K_V1'."
         )
-    net = build_model(backbone, weights=weights or "DEFAULT_KGL")
+    net = build_model(backbone, weights=weights or "DEFAULT")
     logger.warning(
         "model=%r is an ImageNet backbone with an untrained glomerulus head: embeddings are meaningful, but every "
         "probability is 0.5 and labels are not informative. Pass a trained kgl checkpoint for real calls.",
