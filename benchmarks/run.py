@@ -147,7 +147,7 @@ def timed_stages(adata: object, model: object, n_batches: int = 4, batch_size: i
     read_resample = (time.perf_counter() - t) / n
     x = torch.from_numpy(patches)
     amp = autocast_dtype(torch.device("cpu"))
-    mean, std = normaliser(cfg, torch.device("cpu"))
+    mean, std = normaliser(model.spec.preprocessing, torch.device("cpu"))
     model = kgl.models.fold_batchnorm(model).to(memory_format=torch.channels_last)  # as classify_spots
     t = time.perf_counter()
     xs = [normalise_uint8(x[i : i + batch_size], mean, std) for i in range(0, n, batch_size)]

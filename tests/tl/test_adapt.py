@@ -46,7 +46,7 @@ def test_adabn_statistics_are_those_of_the_target_patches():
     adapted = kgl.tl.adapt_batchnorm(model, batches)
     from kgl.tl._device import normalise_uint8, normaliser
 
-    mean, std = normaliser(model.config, torch.device("cpu"))
+    mean, std = normaliser(model.spec.preprocessing, torch.device("cpu"))
     x = torch.cat([normalise_uint8(torch.as_tensor(b), mean, std) for b in batches])
     with torch.no_grad():
         z = model.backbone[0](x)  # the conv output the BatchNorm normalises

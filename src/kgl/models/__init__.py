@@ -6,7 +6,8 @@ import importlib
 from typing import TYPE_CHECKING
 
 from kgl.models._card import model_card, write_model_card
-from kgl.models._registry import REGISTRY, ModelEntry, available_models, fetch_model
+from kgl.models._config import Calibration, ModelConfig, Preprocessing
+from kgl.models._registry import REGISTRY, ModelEntry, available_models, fetch_model, model_dir
 from kgl.models._resolve import DEFAULT_MODEL, resolve_model
 
 # Names from kgl.models._model load torch: they are imported on first access, so the registry (and
@@ -19,6 +20,7 @@ _TORCH_NAMES = {
     "fold_batchnorm",
     "load_checkpoint",
     "model_config",
+    "model_dir",
     "save_checkpoint",
     "state_dict_sha256",
 }
@@ -52,8 +54,11 @@ __all__ = [
     "DEFAULT_MODEL",
     "DEFAULT_WEIGHTS",
     "REGISTRY",
+    "Calibration",
     "GlomClassifier",
+    "ModelConfig",
     "ModelEntry",
+    "Preprocessing",
     "available_models",
     "build_model",
     "fetch_model",
@@ -61,6 +66,7 @@ __all__ = [
     "load_checkpoint",
     "model_card",
     "model_config",
+    "model_dir",
     "resolve_model",
     "save_checkpoint",
     "state_dict_sha256",

@@ -39,10 +39,8 @@ _TRAINING_KNOWN = {
     "epochs",
     "epochs_run",
     "best_epoch",
-    "time_s",
-    "train_time_s",
     "seconds",
-    "time",
+    "total_seconds",
 }
 
 
@@ -193,9 +191,10 @@ def _training_section(t: Mapping[str, Any]) -> list[str]:
         rows2["epochs run"] = t.get("epochs_run", t.get("epochs"))
     if "best_epoch" in t:
         rows2["best epoch (checkpoint kept)"] = t["best_epoch"]
-    time_s = next((t[k] for k in ("time_s", "train_time_s", "seconds", "time") if k in t), None)
-    if time_s is not None:
-        rows2["training time"] = _duration(time_s)
+    if "seconds" in t:  # kgl.tl.train's epochs; kgl.tl.train_default_model adds the patch preparation
+        rows2["training time"] = _duration(t["seconds"])
+    if "total_seconds" in t:
+        rows2["training time with data preparation"] = _duration(t["total_seconds"])
     rows2.update({k: v for k, v in t.items() if k not in _TRAINING_KNOWN})
     if recipe or rows2:
         out += ["## Training procedure", ""]
@@ -330,7 +329,7 @@ def model_card(config: Mapping[str, Any]) -> str:
         ``training_mpp``, ``mean``/``std``, ``threshold`` (and ``threshold_selection``, how it was
         chosen), ``class_names``, ``training`` (dict: ``data`` (str, dict or list), ``class_counts``
         (split → class → count), ``recipe`` or ``hyperparameters`` (dict), ``epochs_run``,
-        ``best_epoch``, ``time_s`` or ``seconds``; other keys are listed as they are; ``training_data``
+        ``best_epoch``, ``seconds`` (the epochs) and ``total_seconds`` (with data preparation); other keys are listed as they are; ``training_data``
         at the top level is read as ``training["data"]``), ``temperature``, ``metrics`` (split name →
         :func:`kgl.tl.evaluate` / :func:`kgl.tl.evaluate_spots` dict), ``stain_comparison`` (list of
         dicts, one table row each), ``protocol`` (the recipe's held-out evaluation over seeds:

@@ -14,6 +14,7 @@ from torch import nn
 
 from kgl._logging import logger
 from kgl._utils import atomic_path
+from kgl.models._config import IMAGENET_MEAN, IMAGENET_STD, ModelConfig
 
 __all__ = [
     "CLASS_NAMES",
@@ -62,8 +63,9 @@ class GlomClassifier(nn.Module):
     """A backbone returning pooled features and a linear head over :data:`CLASS_NAMES`.
 
     ``forward`` returns logits; :meth:`forward_features` the embedding written to
-    ``adata.obsm["X_<key>"]``. ``config`` is a JSON-able dict (backbone, weights, input size,
-    normalisation, patch_um, threshold, class names, ...) that travels with the checkpoint.
+    ``adata.obsm["X_<key>"]``. ``config`` is the JSON-able dict that travels with the checkpoint;
+    :attr:`spec` reads it as the typed :class:`~kgl.models.ModelConfig` (preprocessing,
+    calibration, classes).
     """
 
     def __init__(self, backbone: nn.Module, num_features: int, config: dict[str, Any]) -> None:
@@ -72,6 +74,11 @@ class GlomClassifier(nn.Module):
         self.head = nn.Linear(num_features, len(config["class_names"]))
         self.config = dict(config)
         self.config["num_features"] = int(num_features)
+
+    @property
+    def spec(self) -> ModelConfig:
+        """The typed record of :attr:`config` (:class:`kgl.models.ModelConfig`): read this, not the dict."""
+        return ModelConfig.from_dict(self.config)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled backbone features ``(B, num_features)``."""
@@ -108,8 +115,6 @@ def fold_batchnorm(model: GlomClassifier) -> GlomClassifier:
     return out
 
 
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
 
 
 def model_config(

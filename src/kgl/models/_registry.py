@@ -9,8 +9,9 @@ from types import MappingProxyType
 from typing import Any
 
 from kgl._settings import settings
+from kgl.models._config import Preprocessing
 
-__all__ = ["REGISTRY", "ModelEntry", "available_models", "fetch_model"]
+__all__ = ["REGISTRY", "ModelEntry", "available_models", "fetch_model", "model_dir"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,17 @@ class ModelEntry:
     description: str = ""
     recipe: Mapping[str, Any] = field(default_factory=dict)
     protocol: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """The input contract the recipe trains (patch µm, input px, ImageNet normalisation), known before any
+        download, as torchvision's ``Weights.transforms``; the trained checkpoint's :attr:`GlomClassifier.spec`
+        carries the same plus its calibration."""
+        return Preprocessing(
+            patch_um=float(self.recipe["patch_um"]),
+            input_size=int(self.recipe["input_size"]),
+            greyscale=self.recipe.get("augment") == "grey",
+        )
 
 
 _BASE_RECIPE: dict[str, Any] = {

@@ -59,9 +59,9 @@ def adapt_batchnorm(model: Any, batches: Iterable[Any], *, device: Any = "cpu", 
         m.reset_running_stats()
         m.momentum = None  # cumulative moving average: every patch counts the same
         m.train()
-    cfg = out.config
-    mean, std = normaliser(cfg, dev)
-    grey = bool(cfg.get("greyscale", False)) or cfg.get("training", {}).get("recipe", {}).get("augment") == "grey"
+    pre = out.spec.preprocessing
+    mean, std = normaliser(pre, dev)
+    grey = pre.greyscale
     n = 0
     with torch.no_grad(), torch.autocast(dev.type, dtype=amp or torch.float32, enabled=amp is not None):
         for x in batches:
@@ -75,7 +75,7 @@ def adapt_batchnorm(model: Any, batches: Iterable[Any], *, device: Any = "cpu", 
     for m in bns:
         m.momentum = 0.1
         m.eval()
-    out.config = {**cfg, "adapted_bn": {"n_patches": n}}
+    out.config = {**out.config, "adapted_bn": {"n_patches": n}}
     return out
 
 

@@ -23,7 +23,7 @@ def _one_threshold(per_lib: dict[str, dict[str, Any]]) -> float:
     return float(values[0]) if len(values) == 1 else float("nan")
 
 
-def apply_threshold_rule(proba: np.ndarray, rule: str, cfg: dict) -> tuple[np.ndarray, float, dict[str, Any]]:
+def apply_threshold_rule(proba: np.ndarray, rule: str, spec: Any) -> tuple[np.ndarray, float, dict[str, Any]]:
     """``(probabilities, threshold, info)`` of one sample's calibrated probabilities under a threshold rule.
 
     ``"validation"``: the model's threshold; ``"expected-f1"``: :func:`kgl.tl.expected_f1_threshold`
@@ -33,10 +33,10 @@ def apply_threshold_rule(proba: np.ndarray, rule: str, cfg: dict) -> tuple[np.nd
     from kgl.tl._adapt import expected_f1_threshold, prior_shift
 
     if rule == "validation":
-        return proba, float(cfg["threshold"]), {}
+        return proba, spec.calibration.threshold, {}
     info: dict[str, Any] = {}
     if rule == "prior-shift":
-        train_prior = validation_prior(cfg)
+        train_prior = validation_prior(spec)
         proba, prior = prior_shift(proba, train_prior)
         info = {"prior": prior, "train_prior": train_prior}
     elif rule != "expected-f1":
@@ -44,11 +44,12 @@ def apply_threshold_rule(proba: np.ndarray, rule: str, cfg: dict) -> tuple[np.nd
     return proba, expected_f1_threshold(proba), info
 
 
-def validation_prior(cfg: dict) -> float:
-    """Share of glomerulus patches in the model's validation set: the prior its calibration was fitted under."""
+def validation_prior(spec: Any) -> float:
+    """Share of glomerulus patches in a model's validation set (:class:`kgl.models.ModelConfig`): the prior its
+    calibration was fitted under."""
     try:
-        counts = cfg["training"]["class_counts"]["val"]
-        pos = float(counts[cfg.get("positive_class", cfg["class_names"][-1])])
+        counts = spec.training["class_counts"]["val"]
+        pos = float(counts[spec.positive_class])
         total = float(sum(counts.values()))
     except (KeyError, TypeError) as e:
         raise ValueError(
@@ -291,9 +292,9 @@ def classify_spots(
     dev = resolve_device(device)
     amp = autocast_dtype(dev, precision)
     net = resolve_model(model)
-    cfg = net.config
-    patch_um = float(cfg["patch_um"] if patch_um is None else patch_um)
-    input_size = int(cfg["input_size"] if input_size is None else input_size)
+    spec = net.spec
+    patch_um = float(spec.preprocessing.patch_um if patch_um is None else patch_um)
+    input_size = int(spec.preprocessing.input_size if input_size is None else input_size)
     _check_patch_args(patch_um, input_size)
     threshold_given = threshold is not None
     threshold_rule = threshold if isinstance(threshold, str) else None
@@ -301,10 +302,10 @@ def classify_spots(
         if threshold_rule not in _THRESHOLD_RULES:
             raise ValueError(f"threshold must be a number, None or one of {_THRESHOLD_RULES}, got {threshold!r}.")
         if threshold_rule == "prior-shift":
-            validation_prior(cfg)  # fails before any patch is read when the model lacks the counts
-        threshold = float(cfg["threshold"])  # recorded; each library gets its own below
+            validation_prior(spec)  # fails before any patch is read when the model lacks the counts
+        threshold = spec.calibration.threshold  # recorded; each library gets its own below
     else:
-        threshold = float(cfg["threshold"] if threshold is None else threshold)
+        threshold = float(spec.calibration.threshold if threshold is None else threshold)
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be in [0, 1], got {threshold!r}.")
     if stain_norm is not None and stain_norm not in STAIN_NORMS:
@@ -352,7 +353,7 @@ def classify_spots(
         )
         lib_info: dict[str, Any] = {}
         if threshold_rule is not None:
-            p, thr, lib_info = apply_threshold_rule(p, threshold_rule, cfg)
+            p, thr, lib_info = apply_threshold_rule(p, threshold_rule, spec)
             p = p.astype(np.float32)
             thresholds[spots.index] = lib_info["threshold"] = thr
         if emb is None:
@@ -378,17 +379,15 @@ def classify_spots(
                 f"{key_added}_in_image",
             )
 
-    classes = list(cfg["class_names"])
-    positive = cfg.get("positive_class", classes[-1])
-    negative = next(c for c in classes if c != positive)
+    positive, negative = spec.positive_class, spec.negative_class
     done = ~np.isnan(proba)
     labels = np.where(proba > thresholds, positive, negative).astype(object)
     labels[~done] = np.nan
     params = {
-        "model": cfg.get("name", cfg["backbone"]),
-        "backbone": cfg["backbone"],
-        "weights": cfg.get("weights") or "none",
-        "head_trained": bool(cfg.get("head_trained", True)),
+        "model": spec.name or spec.backbone,
+        "backbone": spec.backbone,
+        "weights": spec.weights or "none",
+        "head_trained": spec.head_trained,
         "model_sha256": model_sha256,
         "patch_um": patch_um,
         "input_size": input_size,
@@ -398,15 +397,15 @@ def classify_spots(
         "adapt_bn": bool(adapt_bn),
         "stain_norm": stain_norm or "none",
         "uncertain": None if uncertain is None else [float(u) for u in uncertain],
-        "temperature": float(cfg.get("temperature", 1.0)),
-        "logit_bias": float(cfg.get("logit_bias", 0.0)),
+        "temperature": spec.calibration.temperature,
+        "logit_bias": spec.calibration.logit_bias,
         "device": str(dev),
         "precision": "fp32" if amp is None else str(amp).replace("torch.", ""),
         "library_id": list(per_lib),
         "libraries": per_lib,
         "kgl_version": __version__,
         # which H&E cases the model saw in training (kgl.tl.train_default_model with he_repeat > 0)
-        "training_he_cases": list(cfg.get("training_data", {}).get("he_biopsy", {}).get("cases", [])),
+        "training_he_cases": list((spec.extra.get("training_data") or {}).get("he_biopsy", {}).get("cases", [])),
     }
 
     # -------- write (nothing above touched adata) --------

@@ -64,12 +64,12 @@ def autocast_dtype(device: Any, precision: str = "auto") -> Any:
     return None
 
 
-def normaliser(config: dict, device: Any) -> tuple[Any, Any]:
-    """The model's ``mean``/``std`` as ``(1, 3, 1, 1)`` tensors on ``device``, scaled to uint8 pixel values."""
+def normaliser(preprocessing: Any, device: Any) -> tuple[Any, Any]:
+    """``mean``/``std`` of a :class:`kgl.models.Preprocessing` as ``(1, 3, 1, 1)`` tensors on ``device``, on uint8 scale."""
     import torch
 
-    mean = torch.tensor(config["mean"], device=device).view(1, 3, 1, 1) * 255.0
-    std = torch.tensor(config["std"], device=device).view(1, 3, 1, 1) * 255.0
+    mean = torch.tensor(preprocessing.mean, device=device).view(1, 3, 1, 1) * 255.0
+    std = torch.tensor(preprocessing.std, device=device).view(1, 3, 1, 1) * 255.0
     return mean, std
 
 

@@ -55,7 +55,7 @@ def _spot_rows(
     cov = adata.obs["glomerulus_coverage"].to_numpy(dtype=float)
     keep = (cov >= 0.5) | (cov == 0)  # ambiguous spots (0 < coverage < 0.5) are left out
     y = (cov[keep] >= 0.5).astype(int)
-    cfg = model.config
+    spec = model.spec
     rows = []
     for variant in tta:
         out = classify_spots(
@@ -63,7 +63,7 @@ def _spot_rows(
         )
         p_all = out.obs["glomerulus_proba"].to_numpy(dtype=np.float64)
         for rule in ("validation", "expected-f1", "prior-shift"):
-            q, thr, extra = apply_threshold_rule(p_all, rule, cfg)  # from every spot: no labels involved
+            q, thr, extra = apply_threshold_rule(p_all, rule, spec)  # from every spot: no labels involved
             m = evaluate(y, q[keep], threshold=thr)
             rows.append({**base, "tta": variant, "threshold_rule": rule, "threshold": thr, "n": len(y),
                          "n_pos": int(y.sum()), **{k: m[k] for k in _METRICS}, **extra})  # fmt: skip
@@ -190,9 +190,10 @@ def evaluate_recipe(
                 model = res.model
                 base = {"seed": int(seed), "fold": fold, "seconds": seconds, "best_epoch": res.best_epoch}
                 p, y = evaluate_patches(model, test, device=device)
-                m = kgl.tl.evaluate(y, p, threshold=float(model.config["threshold"]))
+                thr = model.spec.calibration.threshold
+                m = kgl.tl.evaluate(y, p, threshold=thr)
                 rows.append({**base, "set": "multistain-test", "case": "", "tta": "plain",
-                             "threshold_rule": "validation", "threshold": float(model.config["threshold"]),
+                             "threshold_rule": "validation", "threshold": thr,
                              "n": len(y), "n_pos": int(y.sum()), **{k: m[k] for k in _METRICS}})  # fmt: skip
                 rows += _spot_rows(model, pas, device=device, tta=tta, base={**base, "set": "pas-spots", "case": ""})
                 for case in test_cases:
