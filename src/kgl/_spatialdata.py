@@ -73,7 +73,7 @@ def spatialdata_view(
     """A temporary AnnData in the squidpy layout over the table's spots (rows in table order)."""
     import anndata as ad
 
-    from kgl.io._image import SlideImage
+    from kgl.io import SlideImage
 
     table_name, table = _table(sdata, table_name)
     attrs = table.uns.get("spatialdata_attrs") or {}
@@ -175,7 +175,7 @@ def plotting_view(
     The image is the pyramid level of each region's image whose longer side is at most ``max_px``
     (the coarsest level otherwise), so plotting never materialises a full-resolution image.
     """
-    from kgl.io._image import to_rgb_uint8
+    from kgl.io import to_rgb_uint8
 
     view, table_name = spatialdata_view(sdata, table_name=table_name, library_key=library_key)
     table = sdata.tables[table_name]

@@ -3,8 +3,7 @@ import pickle
 import numpy as np
 import pytest
 
-from kgl.io import SlideImage, write_tiff_pyramid
-from kgl.io._image import to_rgb_uint8
+from kgl.io import SlideImage, to_rgb_uint8, write_tiff_pyramid
 
 
 def test_to_rgb_modes_and_dtypes():
@@ -45,16 +44,16 @@ def _marker_image(h=600, w=800):
     return img
 
 
-def test_read_region_centre_and_padding():
+def test_read_centered_centre_and_padding():
     img = SlideImage.from_array(_marker_image())
-    patch, inside = img.read_region((404.5, 304.5), 10, 10)
+    patch, inside = img.read_centered((404.5, 304.5), 10, 10)
     assert inside == 1.0
     assert (patch == (255, 0, 0)).all()
     # a region hanging over the top-left corner: a quarter inside, padded with white
-    patch, inside = img.read_region((0, 0), 100, 100)
+    patch, inside = img.read_centered((0, 0), 100, 100)
     assert inside == pytest.approx(0.25, abs=0.02)
     assert (patch[:40, :40] == 255).all()
-    patch, inside = img.read_region((-500, -500), 50, 16)
+    patch, inside = img.read_centered((-500, -500), 50, 16)
     assert inside == 0.0
     assert (patch == 255).all()
 
@@ -68,9 +67,9 @@ def test_downsampled_level_maps_to_fullres_frame():
     small = cv2.resize(full, (400, 300), interpolation=cv2.INTER_AREA)  # hires-like, scalef 0.25
     img = SlideImage.from_array(small, downsample=4.0)
     assert img.shape == (1200, 1600)
-    patch, _ = img.read_region((819.5, 619.5), 40, 10)
+    patch, _ = img.read_centered((819.5, 619.5), 40, 10)
     assert patch[3:7, 3:7, 1].max() < 30  # red core, little green
-    patch, _ = img.read_region((819.5 + 100, 619.5), 40, 10)
+    patch, _ = img.read_centered((819.5 + 100, 619.5), 40, 10)
     assert (patch == 255).all()
 
 
@@ -81,7 +80,7 @@ def test_tiff_pyramid_lazy_reads_match(tmp_path):
     img = SlideImage.open(path)
     assert img.mpp == pytest.approx(0.25)
     assert [lv.downsample for lv in img.levels][:3] == pytest.approx([1.0, 2.0, 4.0], rel=0.01)
-    a, inside = img.read_region((650.0, 550.0), 64, 64, level=0)
+    a, inside = img.read_centered((650.0, 550.0), 64, 64, level=0)
     assert inside == 1.0
     np.testing.assert_array_equal(a, arr[518:582, 618:682])
     # coarser output selects a coarser level
@@ -89,7 +88,7 @@ def test_tiff_pyramid_lazy_reads_match(tmp_path):
     assert img.select_level(1.0) == 0
     # picklable for DataLoader workers, reopens lazily
     img2 = pickle.loads(pickle.dumps(img))
-    b, _ = img2.read_region((650.0, 550.0), 64, 64, level=0)
+    b, _ = img2.read_centered((650.0, 550.0), 64, 64, level=0)
     np.testing.assert_array_equal(a, b)
 
 

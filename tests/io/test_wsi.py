@@ -5,8 +5,8 @@ import pytest
 import tifffile
 from PIL import Image
 
-from kgl.io import SlideImage, read_wsi, write_tiff_pyramid
-from kgl.io._wsi import _level0_coordinate, image_size
+from kgl.io import SlideImage, image_size, read_wsi, write_tiff_pyramid
+from kgl.io._wsi import _level0_coordinate
 
 _APERIO = "Aperio Image Library v12.0.15 \n{w}x{h} [0,0 {w}x{h}] (256x256) RAW/RGB|AppMag = 20|MPP = 0.2520"
 
@@ -45,14 +45,14 @@ def test_svs_levels_mpp_and_pixels(svs):
     assert np.array_equal(s.levels[0].array[17:41, 300:333], img[17:41, 300:333])
     for y, x in [(0, 0), (5, 7), (101, 177), (190, 220)]:
         assert np.array_equal(s.levels[1].array[y : y + 9, x : x + 11], low[y : y + 9, x : x + 11])
-    # read_region at full resolution equals the numpy source
-    patch, inside = s.read_region((350, 300), 65, 65)
+    # read_centered at full resolution equals the numpy source
+    patch, inside = s.read_centered((350, 300), 65, 65)
     assert inside == 1.0
     assert np.array_equal(patch, img[300 - 32 : 300 + 33, 350 - 32 : 350 + 33])
     # a coarse request reads the reduced level
     assert s.select_level(3.0) == 1
     # outside the image: white padding, fraction inside reported
-    patch, inside = s.read_region((0, 0), 65, 65)
+    patch, inside = s.read_centered((0, 0), 65, 65)
     assert inside == pytest.approx((33 / 65) ** 2)
     assert (patch[:10, :10] == 255).all()
 
@@ -82,13 +82,13 @@ def test_tiff_and_snapshots(tmp_path):
     t = read_wsi(tif)
     assert t.mpp == pytest.approx(0.8)
     assert len(t.levels) > 1
-    assert np.array_equal(t.read_region((200, 150), 21, 21)[0], img[140:161, 190:211])
+    assert np.array_equal(t.read_centered((200, 150), 21, 21)[0], img[140:161, 190:211])
     png = tmp_path / "snap.PNG"
     Image.fromarray(img).save(png)
     p = read_wsi(png)
     assert p.mpp is None  # snapshots have no µm/px: the caller decides
     assert read_wsi(png, mpp=0.3).mpp == 0.3
-    assert np.array_equal(p.read_region((10, 10), 5, 5)[0], img[8:13, 8:13])
+    assert np.array_equal(p.read_centered((10, 10), 5, 5)[0], img[8:13, 8:13])
     assert image_size(png) == (400, 300)
     jpg = tmp_path / "snap.jpg"
     Image.fromarray(img).save(jpg)

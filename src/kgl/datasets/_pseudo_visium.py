@@ -42,7 +42,7 @@ _VISIUM_ROWS, _VISIUM_COLS = 78, 128  # one capture area: 6.5 mm × 6.5 mm
 # inputs
 # ---------------------------------------------------------------------------------------------
 def _read_image(image: Any, i: int) -> tuple[np.ndarray, str]:
-    from kgl.io._image import to_rgb_uint8
+    from kgl.io import to_rgb_uint8
 
     if isinstance(image, (str, os.PathLike)):
         from PIL import Image
@@ -321,7 +321,7 @@ def pseudo_visium(
     import anndata as ad
     import shapely
 
-    from kgl.io._image import write_tiff_pyramid
+    from kgl.io import write_tiff_pyramid
 
     images = list(images)
     annotations = list(annotations)

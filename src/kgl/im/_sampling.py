@@ -217,7 +217,7 @@ def sample_patches(
     (ambiguous counted even when dropped) and ``attrs["params"]`` the arguments.
 
     """
-    from kgl.io._wsi import image_size
+    from kgl.io import image_size
 
     ring = tuple(float(v) for v in hard_negative_ring_um)
     _check_params(patch_um, pitch_um, jitter_um, pos_threshold, hard_negatives, ring, min_inside)
@@ -380,7 +380,7 @@ def read_patch(row: Any, *, size: int, scale: float = 1.0, cache: dict | None = 
     ``(size, size, 3)`` ``uint8`` array; the part of the square outside the image is white.
 
     """
-    from kgl.io._wsi import read_wsi
+    from kgl.io import read_wsi
 
     if not (np.isfinite(scale) and scale > 0):
         raise ValueError(f"scale must be > 0, got {scale!r}.")
@@ -390,8 +390,9 @@ def read_patch(row: Any, *, size: int, scale: float = 1.0, cache: dict | None = 
         img = read_wsi(path)
         if cache is not None:
             cache[path] = img
-    side = float(_field(row, "patch_um")) * float(scale) / float(_field(row, "mpp"))
-    patch, _ = img.read_region((float(_field(row, "x")), float(_field(row, "y"))), side, int(size))
+    side_um = float(_field(row, "patch_um")) * float(scale)
+    center = (float(_field(row, "x")), float(_field(row, "y")))
+    patch, _ = img.read_centered_um(center, side_um, int(size), mpp=float(_field(row, "mpp")))
     return patch
 
 

@@ -12,7 +12,7 @@ import numpy as np
 from kgl._geometry import SpotMpp
 from kgl._logging import logger
 from kgl._utils import _spatial_uns, library_mask, library_mpp, resolve_library_ids, scalefactors
-from kgl.io._image import SlideImage
+from kgl.io import SlideImage
 
 __all__ = [
     "SpotChunkDataset",
@@ -259,7 +259,7 @@ class SpotPatchDataset:
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, float]:
         x, y = self.spots.centers[i]
-        return self.spots.image.read_region((x, y), self.size_px, self.size, level=self.level, fill=self.fill)
+        return self.spots.image.read_centered((x, y), self.size_px, self.size, level=self.level, fill=self.fill)
 
     def chunks(self, chunk_size: int) -> list[np.ndarray]:
         """Spatially compact groups of at most ``chunk_size`` spot positions.
