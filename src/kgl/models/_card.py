@@ -329,7 +329,8 @@ def model_card(config: Mapping[str, Any]) -> str:
         ``training_mpp``, ``mean``/``std``, ``threshold`` (and ``threshold_selection``, how it was
         chosen), ``class_names``, ``training`` (dict: ``data`` (str, dict or list), ``class_counts``
         (split → class → count), ``recipe`` or ``hyperparameters`` (dict), ``epochs_run``,
-        ``best_epoch``, ``seconds`` (the epochs) and ``total_seconds`` (with data preparation); other keys are listed as they are; ``training_data``
+        ``best_epoch``, ``seconds`` (the epochs) and ``total_seconds`` (with data preparation); other
+        keys are listed as they are; ``training_data``
         at the top level is read as ``training["data"]``), ``temperature``, ``metrics`` (split name →
         :func:`kgl.tl.evaluate` / :func:`kgl.tl.evaluate_spots` dict), ``stain_comparison`` (list of
         dicts, one table row each), ``protocol`` (the recipe's held-out evaluation over seeds:

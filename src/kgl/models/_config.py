@@ -101,6 +101,7 @@ class ModelConfig:
         Training summary (recipe, epochs, class counts, ...) and held-out metrics, read-only.
     extra
         Every other key of the stored config (protocol, limitations, training data, sha256, ...).
+
     """
 
     backbone: str

@@ -115,8 +115,6 @@ def fold_batchnorm(model: GlomClassifier) -> GlomClassifier:
     return out
 
 
-
-
 def model_config(
     backbone: str,
     *,

@@ -45,9 +45,11 @@ class ModelEntry:
 
     @property
     def preprocessing(self) -> Preprocessing:
-        """The input contract the recipe trains (patch µm, input px, ImageNet normalisation), known before any
-        download, as torchvision's ``Weights.transforms``; the trained checkpoint's :attr:`GlomClassifier.spec`
-        carries the same plus its calibration."""
+        """The input contract the recipe trains (patch µm, input px, ImageNet normalisation).
+
+        Known before any download, as torchvision's ``Weights.transforms``; the trained checkpoint's
+        :attr:`GlomClassifier.spec` carries the same plus its calibration.
+        """
         return Preprocessing(
             patch_um=float(self.recipe["patch_um"]),
             input_size=int(self.recipe["input_size"]),

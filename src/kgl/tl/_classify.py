@@ -45,8 +45,10 @@ def apply_threshold_rule(proba: np.ndarray, rule: str, spec: Any) -> tuple[np.nd
 
 
 def validation_prior(spec: Any) -> float:
-    """Share of glomerulus patches in a model's validation set (:class:`kgl.models.ModelConfig`): the prior its
-    calibration was fitted under."""
+    """Share of glomerulus patches in a model's validation set: the prior its calibration was fitted under.
+
+    ``spec`` is the model's :class:`kgl.models.ModelConfig`.
+    """
     try:
         counts = spec.training["class_counts"]["val"]
         pos = float(counts[spec.positive_class])
@@ -125,7 +127,7 @@ def _predict(
     from kgl.tl._device import normalise_uint8, normaliser
 
     cfg = model.config
-    mean, std = normaliser(cfg, device)
+    mean, std = normaliser(model.spec.preprocessing, device)
     pos = cfg["class_names"].index(cfg.get("positive_class", cfg["class_names"][-1]))
     # calibration fitted on validation data (kgl.tl.train): p = sigmoid((l_pos - l_neg) / T + b)
     if len(cfg["class_names"]) != 2:

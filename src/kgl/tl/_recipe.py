@@ -48,7 +48,7 @@ def evaluate_patches(
     )
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=_collate)
     model = model.to(dev, memory_format=torch.channels_last)
-    mean, std = normaliser(cfg, dev)
+    mean, std = normaliser(model.spec.preprocessing, dev)
     logits, labels = _run_eval(model, loader, device=dev, amp=amp, mean=mean, std=std)
     model.cpu()
     calib = {"temperature": float(cfg.get("temperature", 1.0)), "logit_bias": float(cfg.get("logit_bias", 0.0))}

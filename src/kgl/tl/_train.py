@@ -389,7 +389,7 @@ def train(
     nn.init.zeros_(model.head.bias)
     model = model.to(dev, memory_format=torch.channels_last)
     cfg = model.config
-    mean, std = normaliser(cfg, dev)
+    mean, std = normaliser(model.spec.preprocessing, dev)
 
     train_ds = PatchDataset(tr, size=input_size, augment=augment, train=True, scale_jitter=scale_jitter, seed=seed)
     val_ds = PatchDataset(va, size=input_size, augment=augment, train=False, seed=seed)
