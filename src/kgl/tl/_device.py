@@ -65,7 +65,7 @@ def autocast_dtype(device: Any, precision: str = "auto") -> Any:
 
 
 def normaliser(preprocessing: Any, device: Any) -> tuple[Any, Any]:
-    """``mean``/``std`` of a :class:`kgl.models.Preprocessing` as ``(1, 3, 1, 1)`` tensors on ``device`` (uint8 scale)."""
+    """The ``mean``/``std`` of a :class:`kgl.models.Preprocessing` as ``(1, 3, 1, 1)`` tensors (uint8 scale)."""
     import torch
 
     mean = torch.tensor(preprocessing.mean, device=device).view(1, 3, 1, 1) * 255.0
