@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from kgl._validators import check_int
+
 __all__ = ["bin_ids", "calibration_table", "check_inputs", "ece", "roc_pr_curves"]
 
 
@@ -64,8 +66,7 @@ def check_inputs(y_true: Any, proba: Any) -> tuple[np.ndarray, np.ndarray]:
 
 def bin_ids(proba: np.ndarray, n_bins: int) -> np.ndarray:
     """Equal-width bin of each probability: bin ``i`` is ``[i/n, (i+1)/n)``, the last one includes 1."""
-    if int(n_bins) != n_bins or n_bins < 1:
-        raise ValueError(f"n_bins must be a positive integer, got {n_bins!r}.")
+    check_int(n_bins, "n_bins")
     edges = np.linspace(0.0, 1.0, int(n_bins) + 1)
     return np.searchsorted(edges[1:-1], proba, side="right")
 

@@ -155,11 +155,11 @@ def run_on_spatialdata(func: Callable, sdata: Any, *, table_name: str | None, co
 
         sdata = spatialdata.deepcopy(sdata)
     table = sdata.tables[table_name]
-    from kgl._utils import write_obs_key
+    from kgl._validators import save_data
 
     for k in view.obs.columns:  # what the view did not start with is output
         if k not in before_obs:
-            write_obs_key(table, k, view.obs[k].values)
+            save_data(table, attr="obs", key=k, data=view.obs[k].values)
     for k in set(view.obsm) - before_obsm:
         table.obsm[k] = view.obsm[k]
     for k in set(view.uns) - before_uns:

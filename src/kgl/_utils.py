@@ -18,7 +18,6 @@ from kgl._geometry import (
     mpp_from_scalefactors,
     spot_mpp,
 )
-from kgl._logging import logger
 
 __all__ = [  # re-exported for older imports
     "SPOT_DIAMETER_FULLRES_UM",
@@ -248,13 +247,6 @@ def pooch_download(url: str, sha256: str, dest: str | os.PathLike, *, what: str,
         raise ConnectionError(f"Could not download {what} from {url}: {e}. Check the network, or {fallback}.") from e
 
 
-def write_obs_key(adata: Any, key: str, values: Any) -> None:
-    """Write ``adata.obs[key]``, warning (as scanpy does) when it overwrites an existing column."""
-    if key in adata.obs:
-        logger.warning("adata.obs[%r] already exists and is overwritten.", key)
-    adata.obs[key] = values
-
-
 def obs_labels(adata: Any, key: str = "glomerulus", *, need_proba: bool = False) -> Any:
     """``adata.obs[key]`` as a categorical (the classifier's labels), checked to exist.
 
@@ -304,3 +296,28 @@ def reviewed_labels(adata: Any, key: str = "glomerulus") -> Any:
     out = labels.astype(object).where(reviewed.isna(), reviewed)
     cats = list(labels.cat.categories) + [c for c in pd.unique(reviewed.dropna()) if c not in labels.cat.categories]
     return pd.Series(pd.Categorical(out, categories=cats), index=adata.obs.index, name=key)
+
+
+#: Class colours when ``uns[f"{key}_colors"]`` does not fit (matplotlib's tab10).
+FALLBACK_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
+
+
+def rgb(color: Any) -> list[int]:
+    """A matplotlib colour as QuPath's ``[r, g, b]`` (0-255)."""
+    from matplotlib.colors import to_rgb
+
+    return [round(255 * c) for c in to_rgb(color)]
+
+
+def class_colors(adata: Any, key: str, categories: Sequence[str]) -> dict[str, list[int]]:
+    """QuPath colours of the classes: ``uns[f"{key}_colors"]`` (as scanpy/squidpy plot them) when it fits."""
+    colors = adata.uns.get(f"{key}_colors")
+    if colors is None or len(colors) != len(categories):
+        colors = [FALLBACK_COLORS[i % len(FALLBACK_COLORS)] for i in range(len(categories))]
+    out = {}
+    for i, (cat, col) in enumerate(zip(categories, colors, strict=True)):
+        try:
+            out[str(cat)] = rgb(col)
+        except ValueError:
+            out[str(cat)] = rgb(FALLBACK_COLORS[i % len(FALLBACK_COLORS)])
+    return out

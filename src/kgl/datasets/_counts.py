@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from kgl._logging import logger
+from kgl._validators import check_int
 
 __all__ = ["GLOMERULAR_MARKERS", "TUBULAR_MARKERS", "simulate_counts"]
 
@@ -114,8 +115,7 @@ def simulate_counts(
             raise ValueError(f"{name} must be >= 1, got {v!r}.")
     if not dispersion >= 0 or not sample_sd >= 0 or not library_size > 0:
         raise ValueError("dispersion and sample_sd must be >= 0 and library_size > 0.")
-    if int(n_background) != n_background or n_background < 0:
-        raise ValueError(f"n_background must be a non-negative integer, got {n_background!r}.")
+    check_int(n_background, "n_background", minimum=0)
 
     glom = [_symbol(g, species) for g in GLOMERULAR_MARKERS]
     tub = [_symbol(g, species) for g in TUBULAR_MARKERS]

@@ -20,6 +20,7 @@ import pandas as pd
 from kgl._geometry import ROW_PITCH_UM, SPOT_DIAMETER_UM, SPOT_PITCH_UM, spot_coverage, spot_lattice
 from kgl._logging import logger
 from kgl._utils import atomic_path
+from kgl._validators import check_int
 
 __all__ = ["LABEL_NAMES", "patch_counts", "read_patch", "sample_patches", "write_patches"]
 
@@ -138,8 +139,7 @@ def _check_params(
         raise ValueError(f"jitter_um must be >= 0, got {jitter_um!r}.")
     if not (0.0 < pos_threshold <= 1.0):
         raise ValueError(f"pos_threshold must be in (0, 1], got {pos_threshold!r}.")
-    if int(hard_negatives) != hard_negatives or hard_negatives < 0:
-        raise ValueError(f"hard_negatives must be a non-negative integer, got {hard_negatives!r}.")
+    check_int(hard_negatives, "hard_negatives", minimum=0)
     if len(ring) != 2 or not (0.0 <= ring[0] < ring[1]):
         raise ValueError(f"hard_negative_ring_um must be (inner, outer) with 0 <= inner < outer, got {ring!r}.")
     if not (0.0 <= min_inside <= 1.0):

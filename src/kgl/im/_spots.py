@@ -12,6 +12,7 @@ import numpy as np
 from kgl._geometry import SpotMpp
 from kgl._logging import logger
 from kgl._utils import _spatial_uns, library_mask, library_mpp, resolve_library_ids, scalefactors
+from kgl._validators import check_int, check_patch_args, one_library
 from kgl.io import SlideImage
 
 __all__ = [
@@ -48,10 +49,7 @@ def spot_image(
     The image and the ``img_key`` used.
 
     """
-    libs = resolve_library_ids(adata, library_id, spatial_key=spatial_key)
-    if library_id is None and len(libs) > 1:
-        raise ValueError(f"adata has several libraries {libs}; pass library_id=.")
-    lib = libs[0]
+    lib = one_library(adata, library_id, spatial_key=spatial_key)
     meta = _spatial_uns(adata, spatial_key)[lib]
     images = meta.get("images") or {}
     source = (meta.get("metadata") or {}).get("source_image_path")
@@ -131,13 +129,6 @@ class SpotSet:
     def patch_size_px(self, patch_um: float) -> float:
         """Side of a ``patch_um`` patch in full-resolution pixels."""
         return patch_um / self.mpp
-
-
-def _check_patch_args(patch_um: float, size: int) -> None:
-    if not np.isfinite(patch_um) or patch_um <= 0:
-        raise ValueError(f"patch_um must be a positive number of µm, got {patch_um!r}.")
-    if int(size) != size or size < 8:
-        raise ValueError(f"size (output patch side in pixels) must be an integer >= 8, got {size!r}.")
 
 
 def spot_sets(
@@ -246,7 +237,7 @@ class SpotPatchDataset:
     """
 
     def __init__(self, spots: SpotSet, *, patch_um: float, size: int, fill: int = 255) -> None:
-        _check_patch_args(patch_um, size)
+        check_patch_args(patch_um, size)
         self.spots = spots
         self.patch_um = float(patch_um)
         self.size = int(size)
@@ -337,9 +328,8 @@ def spot_patches(
     ``(B, size, size, 3)`` and the fraction of each patch inside the image ``(B,)``.
 
     """
-    if int(batch_size) != batch_size or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
-    _check_patch_args(patch_um, size)
+    check_int(batch_size, "batch_size")
+    check_patch_args(patch_um, size)
     for spots in spot_sets(
         adata, library_id=library_id, img_key=img_key, spatial_key=spatial_key, library_key=library_key
     ):

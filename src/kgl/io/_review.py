@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,39 +19,20 @@ import pandas as pd
 
 from kgl._logging import logger
 from kgl._utils import (
+    FALLBACK_COLORS,
     SPOT_DIAMETER_UM,
     _spatial_uns,
     atomic_path,
+    class_colors,
     library_mask,
     library_mpp,
     obs_labels,
     resolve_library_ids,
-    write_obs_key,
+    rgb,
 )
+from kgl._validators import one_library, save_data, select_spots
 
 __all__ = ["read_review", "write_review"]
-
-_FALLBACK_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
-
-
-def _rgb(color: Any) -> list[int]:
-    from matplotlib.colors import to_rgb
-
-    return [round(255 * c) for c in to_rgb(color)]
-
-
-def _class_colors(adata: Any, key: str, categories: Sequence[str]) -> dict[str, list[int]]:
-    """QuPath colours of the classes: ``uns[f"{key}_colors"]`` (as scanpy/squidpy plot them) when it fits."""
-    colors = adata.uns.get(f"{key}_colors")
-    if colors is None or len(colors) != len(categories):
-        colors = [_FALLBACK_COLORS[i % len(_FALLBACK_COLORS)] for i in range(len(categories))]
-    out = {}
-    for i, (cat, col) in enumerate(zip(categories, colors, strict=True)):
-        try:
-            out[str(cat)] = _rgb(col)
-        except ValueError:
-            out[str(cat)] = _rgb(_FALLBACK_COLORS[i % len(_FALLBACK_COLORS)])
-    return out
 
 
 def _check_unique_barcodes(adata: Any) -> None:
@@ -64,41 +44,8 @@ def _check_unique_barcodes(adata: Any) -> None:
         )
 
 
-def _select_spots(adata: Any, spots: Any, in_library: np.ndarray, library_id: str) -> np.ndarray:
-    """Boolean mask of the spots to export: ``spots`` (mask or barcodes) within the library."""
-    if spots is None:
-        return in_library
-    if isinstance(spots, str):
-        spots = [spots]
-    if isinstance(spots, pd.Series) and spots.dtype == bool:
-        if set(spots.index) == set(adata.obs_names):
-            spots = spots.reindex(adata.obs_names)
-        spots = spots.to_numpy()
-    arr = np.asarray(spots) if not isinstance(spots, (set, frozenset)) else np.asarray(sorted(spots, key=str))
-    if arr.dtype == bool:
-        if arr.shape != (adata.n_obs,):
-            raise ValueError(
-                f"spots as a boolean mask must have one value per spot ({adata.n_obs}), got shape {arr.shape}."
-            )
-        return in_library & arr
-    barcodes = pd.Index(arr.ravel().tolist())
-    unknown = barcodes.difference(adata.obs_names)
-    if len(unknown):
-        raise KeyError(
-            f"{len(unknown)} of the {len(barcodes)} spots are not barcodes of adata.obs_names "
-            f"(e.g. {list(unknown[:5])}); pass barcodes, a pandas Index of them or a boolean mask."
-        )
-    mask = adata.obs_names.isin(barcodes)
-    elsewhere = mask & ~in_library
-    if elsewhere.any():
-        raise ValueError(
-            f"{int(elsewhere.sum())} of the spots belong to another library than {library_id!r} "
-            f"(e.g. {list(adata.obs_names[elsewhere][:5])}); write one file per library."
-        )
-    return mask
-
-
 def _circle(x: float, y: float, r: float, n: int) -> list[list[float]]:
+    # written here, not shapely's Point.buffer: QuPath gets exactly n vertices from angle 0 (buffer gives 4k + 1)
     t = np.linspace(0.0, 2.0 * np.pi, n, endpoint=False)
     ring = np.c_[x + r * np.cos(t), y + r * np.sin(t)].round(3)
     return [[float(a), float(b)] for a, b in [*ring, ring[0]]]
@@ -176,12 +123,7 @@ def write_review(
         raise ValueError(f"n_vertices must be an integer >= 8, got {n_vertices!r}.")
     labels = obs_labels(adata, key, need_proba=True)
     all_libs = resolve_library_ids(adata, None, spatial_key=spatial_key)
-    if library_id is None and len(all_libs) > 1:
-        raise ValueError(
-            f"adata has several libraries {all_libs}: pass library_id= (one review file per image). "
-            f"Available: {all_libs}."
-        )
-    (lib,) = resolve_library_ids(adata, library_id if library_id is not None else all_libs[0], spatial_key=spatial_key)
+    lib = one_library(adata, library_id, spatial_key=spatial_key, hint="one review file per image")
     _check_unique_barcodes(adata)
     if spatial_key not in adata.obsm:
         raise KeyError(f"adata.obsm[{spatial_key!r}] not found (spot centres). Available: {list(adata.obsm.keys())}.")
@@ -190,7 +132,7 @@ def write_review(
         raise ValueError(f"adata.obsm[{spatial_key!r}] must be (n_spots, 2), got shape {coords.shape}.")
     mpp = library_mpp(adata, lib, spatial_key=spatial_key, library_key=library_key).mpp
     in_lib = library_mask(adata, lib, all_libs, library_key)
-    mask = _select_spots(adata, spots, in_lib, lib)
+    mask = select_spots(adata, spots, in_lib, lib)
     idx = np.flatnonzero(mask)
     if len(idx) == 0:
         raise ValueError(f"No spot to export: the selection holds none of library {lib!r}'s {int(in_lib.sum())} spots.")
@@ -203,7 +145,7 @@ def write_review(
 
     radius = SPOT_DIAMETER_UM / 2.0 / mpp
     shift = 0.5 if pixel_origin == "corner" else 0.0
-    colors = _class_colors(adata, key, list(labels.cat.categories))
+    colors = class_colors(adata, key, list(labels.cat.categories))
     proba = np.asarray(adata.obs[f"{key}_proba"], dtype=np.float64)
     ukey = f"{key}_uncertain"
     uncertain = adata.obs[ukey].to_numpy() if ukey in adata.obs else None
@@ -215,7 +157,7 @@ def write_review(
         p = None if not np.isfinite(proba[i]) else round(float(proba[i]), 6)
         props: dict[str, Any] = {"objectType": "annotation", "name": barcode}
         if label is not None:
-            props["classification"] = {"name": label, "color": colors.get(label, _rgb(_FALLBACK_COLORS[0]))}
+            props["classification"] = {"name": label, "color": colors.get(label, rgb(FALLBACK_COLORS[0]))}
         if p is not None:
             props["measurements"] = {"probability": p}
         props.update({"barcode": barcode, "library_id": lib, "label": label, "probability": p})
@@ -425,7 +367,7 @@ def read_review(
 
     if copy:
         adata = adata.copy()
-    write_obs_key(adata, rkey, new_s)
+    save_data(adata, attr="obs", key=rkey, data=new_s)
     uns = dict(adata.uns.get(key) or {})
     uns["review"] = summary
     adata.uns[key] = uns

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from kgl._validators import check_int
+
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "Calibration", "ModelConfig", "Preprocessing"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -56,8 +58,7 @@ class Preprocessing:
     def __post_init__(self) -> None:
         if not self.patch_um > 0:
             raise ValueError(f"patch_um must be > 0 µm, got {self.patch_um!r}.")
-        if int(self.input_size) != self.input_size or self.input_size < 1:
-            raise ValueError(f"input_size must be a positive integer (px), got {self.input_size!r}.")
+        check_int(self.input_size, "input_size", what="px")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ValueError(f"mean/std must be 3 values per RGB channel (std > 0), got {self.mean} / {self.std}.")
 

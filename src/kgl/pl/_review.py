@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from kgl._utils import SPOT_DIAMETER_UM, obs_labels, resolve_library_ids, reviewed_labels
+from kgl._utils import SPOT_DIAMETER_UM, obs_labels, reviewed_labels
 
 __all__ = ["review_gallery"]
 
@@ -140,32 +140,27 @@ def review_gallery(
     """
     import matplotlib.pyplot as plt
 
+    from kgl._utils import class_colors
+    from kgl._validators import check_int, one_library, select_spots
     from kgl.im._spots import SpotPatchDataset, spot_sets
-    from kgl.io._review import _class_colors, _select_spots
     from kgl.pl._eval import _save
 
-    if isinstance(n, bool) or int(n) != n or n < 1:
-        raise ValueError(f"n (tiles per row) must be a positive integer, got {n!r}.")
-    n = int(n)
+    n = check_int(n, "n", what="tiles per row")
     labels = obs_labels(adata, key, need_proba=True)
     final = reviewed_labels(adata, key)
-    all_libs = resolve_library_ids(adata, None, spatial_key=spatial_key)
-    if library_id is None and len(all_libs) > 1:
-        raise ValueError(f"adata has several libraries {all_libs}: pass library_id=. Available: {all_libs}.")
+    lib0 = one_library(adata, library_id, spatial_key=spatial_key)
     params = (adata.uns.get(key) or {}).get("params", {}) if isinstance(adata.uns.get(key), dict) else {}
     if patch_um is None:
         patch_um = float(params.get("patch_um") or _DEFAULT_PATCH_UM)
     threshold = params.get("threshold")
     threshold = _DEFAULT_THRESHOLD if threshold is None else float(threshold)
-    (sset,) = spot_sets(
-        adata, library_id=library_id or all_libs[0], img_key=img_key, spatial_key=spatial_key, library_key=library_key
-    )
+    (sset,) = spot_sets(adata, library_id=lib0, img_key=img_key, spatial_key=spatial_key, library_key=library_key)
     lib = sset.library_id
     ds = SpotPatchDataset(sset, patch_um=patch_um, size=size)
 
     proba = np.asarray(adata.obs[f"{key}_proba"], dtype=np.float64)[sset.index]
     called = labels.to_numpy()[sset.index]
-    chosen = _select_spots(adata, spots, np.ones(adata.n_obs, dtype=bool), lib)[sset.index]
+    chosen = select_spots(adata, spots, np.ones(adata.n_obs, dtype=bool), lib)[sset.index]
     ok = np.isfinite(proba) & pd.notna(called) & chosen
     if not ok.any():
         raise ValueError(
@@ -176,7 +171,7 @@ def review_gallery(
     reviewed = adata.obs[rkey].to_numpy()[sset.index] if rkey in adata.obs else np.full(len(proba), np.nan)
     after = final.to_numpy()[sset.index]
     categories = [str(c) for c in labels.cat.categories]
-    colors = {c: "#{:02x}{:02x}{:02x}".format(*rgb) for c, rgb in _class_colors(adata, key, categories).items()}
+    colors = {c: "#{:02x}{:02x}{:02x}".format(*rgb) for c, rgb in class_colors(adata, key, categories).items()}
 
     rows: list[tuple[str, np.ndarray]] = []  # (row label, local positions into the library's spots)
     for cls in reversed(categories):  # the positive class (last category) first

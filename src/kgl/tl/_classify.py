@@ -10,7 +10,7 @@ import pandas as pd
 
 from kgl._logging import logger
 from kgl._spatialdata import accepts_spatialdata
-from kgl._utils import write_obs_key
+from kgl._validators import check_int, check_patch_args, save_data
 
 __all__ = ["classify_spots"]
 
@@ -281,14 +281,11 @@ def classify_spots(
 
     from kgl import __version__
     from kgl.im import STAIN_NORMS, MacenkoNormalizer, SpotPatchDataset, check_resolution, spot_sets
-    from kgl.im._spots import _check_patch_args
     from kgl.models import fold_batchnorm, resolve_model, state_dict_sha256
     from kgl.tl._device import autocast_dtype, resolve_device
 
-    if int(batch_size) != batch_size or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
-    if int(num_workers) != num_workers or num_workers < 0:
-        raise ValueError(f"num_workers must be a non-negative integer, got {num_workers!r}.")
+    check_int(batch_size, "batch_size")
+    check_int(num_workers, "num_workers", minimum=0)
     if not isinstance(key_added, str) or not key_added:
         raise ValueError(f"key_added must be a non-empty string, got {key_added!r}.")
     dev = resolve_device(device)
@@ -297,7 +294,7 @@ def classify_spots(
     spec = net.spec
     patch_um = float(spec.preprocessing.patch_um if patch_um is None else patch_um)
     input_size = int(spec.preprocessing.input_size if input_size is None else input_size)
-    _check_patch_args(patch_um, input_size)
+    check_patch_args(patch_um, input_size)
     threshold_given = threshold is not None
     threshold_rule = threshold if isinstance(threshold, str) else None
     if threshold_rule is not None:
@@ -414,14 +411,13 @@ def classify_spots(
     if copy:
         adata = adata.copy()
     cat = pd.Categorical(labels, categories=[negative, positive])
-    write_obs_key(adata, key_added, pd.Series(cat, index=adata.obs_names))
-    write_obs_key(adata, f"{key_added}_proba", proba)
+    save_data(adata, attr="obs", key=key_added, data=pd.Series(cat, index=adata.obs_names))
+    save_data(adata, attr="obs", key=f"{key_added}_proba", data=proba)
     if uncertain is not None:
-        write_obs_key(adata, f"{key_added}_uncertain", done & (proba >= uncertain[0]) & (proba <= uncertain[1]))
-    write_obs_key(adata, f"{key_added}_in_image", inside)
-    if f"X_{key_added}" in adata.obsm:
-        logger.warning("adata.obsm[%r] already exists and is overwritten.", f"X_{key_added}")
-    adata.obsm[f"X_{key_added}"] = emb
+        uncertain_mask = done & (proba >= uncertain[0]) & (proba <= uncertain[1])
+        save_data(adata, attr="obs", key=f"{key_added}_uncertain", data=uncertain_mask)
+    save_data(adata, attr="obs", key=f"{key_added}_in_image", data=inside)
+    save_data(adata, attr="obsm", key=f"X_{key_added}", data=emb)
     adata.uns[key_added] = {"params": params}
     adata.uns[f"{key_added}_colors"] = [_COLORS.get(c, "#1f77b4") for c in (negative, positive)]
     return adata if copy else None

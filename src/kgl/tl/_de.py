@@ -17,6 +17,7 @@ import pandas as pd
 from kgl._logging import logger
 from kgl._spatialdata import accepts_spatialdata
 from kgl._utils import reviewed_labels
+from kgl._validators import check_int, save_data
 
 __all__ = ["PODOCYTE_MARKERS", "glom_markers", "marker_check"]
 
@@ -285,8 +286,7 @@ def glom_markers(
     _no_table_name(table_name)
     if method not in _METHODS:
         raise ValueError(f"method must be one of {list(_METHODS)}, got {method!r}.")
-    if int(min_spots) != min_spots or min_spots < 1:
-        raise ValueError(f"min_spots must be a positive integer, got {min_spots!r}.")
+    check_int(min_spots, "min_spots")
     _check_genes(adata)
     if layer is not None:
         _matrix(adata, layer)
@@ -328,9 +328,7 @@ def glom_markers(
         entry: dict[str, Any] = {"params": params, "results": table.copy()}
         if design is not None:
             entry["design"] = design
-        if key_added in adata.uns:
-            logger.warning("adata.uns[%r] already exists and is overwritten.", key_added)
-        adata.uns[key_added] = entry
+        save_data(adata, attr="uns", key=key_added, data=entry)
     return table
 
 
