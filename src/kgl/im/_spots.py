@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from kgl._docs import d
 from kgl._geometry import SpotMpp
 from kgl._logging import logger
 from kgl._utils import _spatial_uns, library_mask, library_mpp, resolve_library_ids, scalefactors
@@ -26,6 +27,7 @@ __all__ = [
 ]
 
 
+@d.dedent
 def spot_image(
     adata: Any, library_id: str | None = None, *, img_key: str | None = None, spatial_key: str = "spatial"
 ) -> tuple[SlideImage, str]:
@@ -35,14 +37,9 @@ def spot_image(
     ----------
     adata
         AnnData in the squidpy Visium layout.
-    library_id
-        Sample; may be omitted when there is only one.
-    img_key
-        ``"fullres"`` (the file in ``uns["spatial"][library_id]["metadata"]["source_image_path"]``), or a
-        key of ``uns["spatial"][library_id]["images"]`` (``"hires"``, ``"lowres"``) with a matching
-        ``tissue_<img_key>_scalef``. Default: the highest resolution available.
-    spatial_key
-        Key of the Visium metadata in ``adata.uns``.
+    %(library_id)s
+    %(img_key)s
+    %(spatial_key)s
 
     Returns
     -------
@@ -290,6 +287,7 @@ class SpotChunkDataset:
         return idx, patches, inside
 
 
+@d.dedent
 def spot_patches(
     adata: Any,
     *,
@@ -307,20 +305,16 @@ def spot_patches(
     ----------
     adata
         AnnData in the squidpy Visium layout.
-    library_id
-        Sample(s) to read; all by default.
+    %(library_ids)s
     patch_um
         Side of the square patch in µm (converted with the µm/px of the spot lattice).
     size
         Side of the returned patches in pixels (the model's input size).
     batch_size
         Patches per batch.
-    img_key
-        Image to read (see :func:`spot_image`); the highest resolution available by default.
-    spatial_key
-        Key of the spot coordinates in ``adata.obsm``.
-    library_key
-        Column of ``adata.obs`` naming each spot's library when there are several.
+    %(img_key)s
+    %(spatial_key)s
+    %(library_key)s
 
     Yields
     ------

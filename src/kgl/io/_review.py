@@ -17,6 +17,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from kgl._docs import d
 from kgl._logging import logger
 from kgl._utils import (
     FALLBACK_COLORS,
@@ -51,6 +52,7 @@ def _circle(x: float, y: float, r: float, n: int) -> list[list[float]]:
     return [[float(a), float(b)] for a, b in [*ring, ring[0]]]
 
 
+@d.dedent
 def write_review(
     adata: Any,
     path: str | os.PathLike,
@@ -81,17 +83,14 @@ def write_review(
         Output ``.geojson`` file; written atomically (a failed call leaves an earlier file as it was).
     key
         The ``key_added`` used by :func:`~kgl.tl.classify_spots`.
-    library_id
-        Sample to export; required when ``adata`` holds several (one file per image).
+    %(library_id)s
     spots
         Export only these spots: a boolean mask over ``adata.obs`` (e.g.
         ``adata.obs["glomerulus_uncertain"]``), or barcodes (a list or :class:`pandas.Index`). A mask
         is restricted to the library; barcodes of another library raise. All spots of the library by
         default.
-    spatial_key
-        Key of the spot centres (full-resolution pixels) in ``obsm`` and of the Visium metadata in ``uns``.
-    library_key
-        Column of ``obs`` naming each spot's library when there are several.
+    %(spatial_key)s
+    %(library_key)s
     pixel_origin
         ``"corner"`` (QuPath): coordinate 0 is the top-left corner of the first pixel, so kgl's
         pixel-centre coordinates are shifted by ``+0.5`` (the inverse of :func:`kgl.io.read_geojson`).

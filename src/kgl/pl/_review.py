@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from kgl._docs import d
 from kgl._utils import SPOT_DIAMETER_UM, obs_labels, reviewed_labels
 
 __all__ = ["review_gallery"]
@@ -67,6 +68,7 @@ def _tile(ax: Any, patch: np.ndarray, *, title: str, color: str, spot_r: float, 
         )
 
 
+@d.dedent
 def review_gallery(
     adata: Any,
     key: str = "glomerulus",
@@ -100,8 +102,7 @@ def review_gallery(
         AnnData annotated by :func:`kgl.tl.classify_spots` (``obs[key]``, ``obs[f"{key}_proba"]``).
     key
         The ``key_added`` used by :func:`~kgl.tl.classify_spots`.
-    library_id
-        Sample to show; required when ``adata`` holds several.
+    %(library_id)s
     n
         Tiles per row.
     patch_um
@@ -111,12 +112,9 @@ def review_gallery(
         ``adata.obs["in_tissue"] == 1``) or barcodes, as in :func:`kgl.io.write_review`.
     size
         Side of each tile in pixels.
-    img_key
-        Image to read the patches from (see :func:`kgl.im.spot_image`); the highest resolution by default.
-    spatial_key
-        Key of the spot centres in ``obsm`` and of the Visium metadata in ``uns``.
-    library_key
-        Column of ``obs`` naming each spot's library when there are several.
+    %(img_key)s
+    %(spatial_key)s
+    %(library_key)s
     figsize, dpi
         Size of the figure (default: from ``n`` and the number of rows) and resolution of the saved one.
     save

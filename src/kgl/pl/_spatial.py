@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from kgl._docs import d
 from kgl._spatialdata import accepts_spatialdata
 from kgl._utils import _spatial_uns, library_mpp, resolve_library_ids, scalefactors
 
@@ -55,6 +56,7 @@ def _library_mpp(adata: Any, key: str, library_id: str, spatial_key: str, librar
 
 
 @accepts_spatialdata("plot")
+@d.dedent
 def spatial_glom(
     adata: Any,
     *,
@@ -79,8 +81,7 @@ def spatial_glom(
     ----------
     adata
         AnnData annotated by :func:`kgl.tl.classify_spots` (or a SpatialData whose table is).
-    library_id
-        Sample(s) to draw; all by default (one panel each).
+    %(library_ids)s
     key
         The ``key_added`` used by :func:`~kgl.tl.classify_spots`.
     color
@@ -90,12 +91,9 @@ def spatial_glom(
         reviewed labels where there are some (:func:`kgl._utils.reviewed_labels`) and says how many.
     img_res_key
         Background image (``"hires"``, ``"lowres"``); the highest resolution in ``uns`` by default.
-    library_key
-        Column of ``obs`` naming each spot's library when there are several.
-    spatial_key
-        Key of the spot coordinates in ``obsm``.
-    table_name
-        Table to plot for SpatialData input.
+    %(library_key)s
+    %(spatial_key)s
+    %(table_name)s
     size
         Spot size relative to the 55-µm spot diameter.
     scalebar

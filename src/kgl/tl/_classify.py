@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from kgl._docs import d
 from kgl._logging import logger
 from kgl._spatialdata import accepts_spatialdata
 from kgl._validators import check_int, check_patch_args, save_data
@@ -168,6 +169,7 @@ def _predict(
 
 
 @accepts_spatialdata("annotate")
+@d.dedent
 def classify_spots(
     adata: Any,
     model: Any = None,
@@ -242,18 +244,14 @@ def classify_spots(
         patches and map every patch onto a reference H&E (:class:`kgl.im.MacenkoNormalizer`, with
         torchstain) before classifying; applied before AdaBN when both are asked for. ``None``: the
         patches as they are (the default: see the comparison in docs/training.md).
-    img_key
-        Which image to read (``"fullres"``, ``"hires"``, ``"lowres"``); the highest resolution by default.
+    %(img_key)s
     allow_upsampling
         Classify even when the image is more than 2× coarser than the model needs
         (``patch_um / input_size`` µm/px); by default that raises a :class:`ValueError`, because
         patches upsampled from a few pixels give confident, meaningless calls.
-    spatial_key
-        Key of spot coordinates in ``adata.obsm``.
-    library_key
-        Column of ``adata.obs`` that names each spot's library when there are several.
-    table_name
-        For SpatialData input: the table to annotate (the only one by default).
+    %(spatial_key)s
+    %(library_key)s
+    %(table_name)s
     key_added
         Results go to ``obs[key_added]``, ``obs[f"{key_added}_proba"]``,
         ``obs[f"{key_added}_in_image"]``, ``obsm[f"X_{key_added}"]`` and ``uns[key_added]["params"]``.

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from kgl._docs import d
 from kgl._logging import logger
 from kgl._spatialdata import accepts_spatialdata
 from kgl._utils import reviewed_labels
@@ -219,6 +220,7 @@ def _pseudobulk(
 
 
 @accepts_spatialdata("table")
+@d.dedent
 def glom_markers(
     adata: Any,
     key: str = "glomerulus",
@@ -269,9 +271,7 @@ def glom_markers(
         ``adata.uns`` key of the results; ``f"{key}_markers"`` by default.
     inplace
         Store the results in ``adata.uns[key_added]``; ``False`` only returns the table.
-    table_name
-        For a :class:`spatialdata.SpatialData`: the table to use (and store the results in); the
-        only table when omitted.
+    %(table_name)s
 
     Returns
     -------
@@ -347,6 +347,7 @@ def _match_genes(adata: Any, genes: Sequence[str], gene_symbols: str | None) -> 
 
 
 @accepts_spatialdata("table")
+@d.dedent
 def marker_check(
     adata: Any,
     key: str = "glomerulus",
@@ -381,8 +382,7 @@ def marker_check(
         Use ``adata.layers[layer]`` instead of ``adata.X``.
     gene_symbols
         Column of ``adata.var`` with gene symbols when ``var_names`` are not symbols (e.g. Ensembl IDs).
-    table_name
-        For a :class:`spatialdata.SpatialData`: the table to use; the only table when omitted.
+    %(table_name)s
 
     Returns
     -------

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from kgl._docs import d
 from kgl._logging import logger
 from kgl._metrics import calibration_table, check_inputs, ece
 from kgl._spatialdata import accepts_spatialdata
@@ -165,6 +166,7 @@ def choose_threshold(
 
 
 @accepts_spatialdata("table")
+@d.dedent
 def evaluate_spots(
     adata: Any,
     *,
@@ -200,8 +202,7 @@ def evaluate_spots(
         Decision threshold; the one used by :func:`~kgl.tl.classify_spots` by default.
     n_bins
         Probability bins for the ECE.
-    table_name
-        For SpatialData input: the table to read (the only one by default).
+    %(table_name)s
 
     Returns
     -------
