@@ -6,9 +6,12 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kgl.models import DEFAULT_MODEL
+
+if TYPE_CHECKING:  # pragma: no cover
+    from anndata import AnnData
 
 _DESCRIPTION = """\
 kgl finds kidney glomeruli in Visium sections. For every spot it writes a glomerulus/other label,
@@ -213,7 +216,7 @@ def _classify_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _summary(adata: Any, key: str, seconds: float) -> str:
+def _summary(adata: AnnData, key: str, seconds: float) -> str:
     n = int(adata.obs[key].notna().sum())
     calls = adata.obs[key].value_counts().to_dict()
     p = adata.uns[key]["params"]

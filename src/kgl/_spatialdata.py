@@ -12,10 +12,13 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:  # pragma: no cover
+    from spatialdata import SpatialData
 
 __all__ = ["accepts_spatialdata", "is_spatialdata", "run_on_spatialdata", "spatialdata_view"]
 
@@ -27,7 +30,7 @@ def is_spatialdata(obj: Any) -> bool:
     return type(obj).__name__ == "SpatialData" and type(obj).__module__.startswith("spatialdata")
 
 
-def _table(sdata: Any, table_name: str | None) -> tuple[str, Any]:
+def _table(sdata: SpatialData, table_name: str | None) -> tuple[str, Any]:
     names = list(sdata.tables.keys())
     if table_name is None:
         if len(names) != 1:
@@ -64,7 +67,7 @@ def _image_levels(image: Any) -> list[tuple[Any, float]]:
 
 
 def spatialdata_view(
-    sdata: Any,
+    sdata: SpatialData,
     *,
     table_name: str | None = None,
     img_key: str | None = None,
@@ -142,7 +145,7 @@ def spatialdata_view(
     return view, table_name
 
 
-def run_on_spatialdata(func: Callable, sdata: Any, *, table_name: str | None, copy: bool, **kwargs: Any) -> Any:
+def run_on_spatialdata(func: Callable, sdata: SpatialData, *, table_name: str | None, copy: bool, **kwargs: Any) -> Any:
     """Run an AnnData function on a SpatialData's spots and copy its outputs into the table."""
     library_key = kwargs.get("library_key", "library_id")
     view, table_name = spatialdata_view(
@@ -168,7 +171,7 @@ def run_on_spatialdata(func: Callable, sdata: Any, *, table_name: str | None, co
 
 
 def plotting_view(
-    sdata: Any, *, table_name: str | None = None, max_px: int = 2000, library_key: str = "library_id"
+    sdata: SpatialData, *, table_name: str | None = None, max_px: int = 2000, library_key: str = "library_id"
 ) -> Any:
     """An in-memory squidpy-layout AnnData of the table (obs, obsm, uns) with a ``hires`` image per region.
 

@@ -6,7 +6,7 @@ import contextlib
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -19,6 +19,9 @@ from kgl._geometry import (
     spot_mpp,
 )
 
+if TYPE_CHECKING:  # pragma: no cover
+    from anndata import AnnData
+
 __all__ = [  # re-exported for older imports
     "SPOT_DIAMETER_FULLRES_UM",
     "SPOT_DIAMETER_UM",
@@ -27,7 +30,7 @@ __all__ = [  # re-exported for older imports
 ]
 
 
-def _spatial_uns(adata: Any, spatial_key: str = "spatial") -> dict:
+def _spatial_uns(adata: AnnData, spatial_key: str = "spatial") -> dict:
     if spatial_key not in adata.uns:
         raise KeyError(
             f"adata.uns[{spatial_key!r}] not found: kgl needs the squidpy/scanpy Visium layout "
@@ -41,7 +44,7 @@ def _spatial_uns(adata: Any, spatial_key: str = "spatial") -> dict:
 
 
 def resolve_library_ids(
-    adata: Any, library_id: str | Sequence[str] | None = None, *, spatial_key: str = "spatial"
+    adata: AnnData, library_id: str | Sequence[str] | None = None, *, spatial_key: str = "spatial"
 ) -> list[str]:
     """Return the library ids to process; unknown ids raise a :class:`KeyError` listing the available ones."""
     available = list(_spatial_uns(adata, spatial_key).keys())
@@ -55,7 +58,7 @@ def resolve_library_ids(
 
 
 def library_mask(
-    adata: Any, library_id: str, library_ids: Sequence[str], library_key: str = "library_id"
+    adata: AnnData, library_id: str, library_ids: Sequence[str], library_key: str = "library_id"
 ) -> np.ndarray:
     """Boolean mask of the spots that belong to ``library_id``.
 
@@ -104,7 +107,7 @@ def _as_float(v: Any) -> float:
         return float("nan")  # reported by whoever needs this entry (e.g. an invalid tissue_hires_scalef)
 
 
-def scalefactors(adata: Any, library_id: str, spatial_key: str = "spatial") -> dict[str, float]:
+def scalefactors(adata: AnnData, library_id: str, spatial_key: str = "spatial") -> dict[str, float]:
     """The library's Space Ranger scalefactors; checks ``spot_diameter_fullres``."""
     lib = _spatial_uns(adata, spatial_key)[library_id]
     sf = lib.get("scalefactors")
@@ -118,7 +121,7 @@ def scalefactors(adata: Any, library_id: str, spatial_key: str = "spatial") -> d
 
 
 def library_mpp(
-    adata: Any,
+    adata: AnnData,
     library_id: str,
     *,
     spatial_key: str = "spatial",
@@ -247,7 +250,7 @@ def pooch_download(url: str, sha256: str, dest: str | os.PathLike, *, what: str,
         raise ConnectionError(f"Could not download {what} from {url}: {e}. Check the network, or {fallback}.") from e
 
 
-def obs_labels(adata: Any, key: str = "glomerulus", *, need_proba: bool = False) -> Any:
+def obs_labels(adata: AnnData, key: str = "glomerulus", *, need_proba: bool = False) -> Any:
     """``adata.obs[key]`` as a categorical (the classifier's labels), checked to exist.
 
     Raises
@@ -273,7 +276,7 @@ def obs_labels(adata: Any, key: str = "glomerulus", *, need_proba: bool = False)
     return labels
 
 
-def reviewed_labels(adata: Any, key: str = "glomerulus") -> Any:
+def reviewed_labels(adata: AnnData, key: str = "glomerulus") -> Any:
     """The labels downstream functions use: ``obs[f"{key}_reviewed"]`` where a reviewer set one, else ``obs[key]``.
 
     Manual review (:func:`kgl.io.read_review`) writes ``obs[f"{key}_reviewed"]``, a categorical with
@@ -309,7 +312,7 @@ def rgb(color: Any) -> list[int]:
     return [round(255 * c) for c in to_rgb(color)]
 
 
-def class_colors(adata: Any, key: str, categories: Sequence[str]) -> dict[str, list[int]]:
+def class_colors(adata: AnnData, key: str, categories: Sequence[str]) -> dict[str, list[int]]:
     """QuPath colours of the classes: ``uns[f"{key}_colors"]`` (as scanpy/squidpy plot them) when it fits."""
     colors = adata.uns.get(f"{key}_colors")
     if colors is None or len(colors) != len(categories):

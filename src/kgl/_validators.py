@@ -7,12 +7,15 @@ warns, as scanpy does, when it replaces one.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from kgl._logging import logger
+
+if TYPE_CHECKING:  # pragma: no cover
+    from anndata import AnnData
 
 __all__ = ["check_int", "check_patch_args", "one_library", "save_data", "select_spots"]
 
@@ -40,7 +43,7 @@ def check_patch_args(patch_um: float, size: int) -> None:
     check_int(size, "size", minimum=8, what="output patch side in pixels")
 
 
-def one_library(adata: Any, library_id: str | None, *, spatial_key: str = "spatial", hint: str = "") -> str:
+def one_library(adata: AnnData, library_id: str | None, *, spatial_key: str = "spatial", hint: str = "") -> str:
     """The one library a function works on: ``library_id``, or the only one ``adata`` has.
 
     Several libraries and no ``library_id`` is a ``ValueError`` listing them (``hint`` says why one
@@ -58,7 +61,7 @@ def one_library(adata: Any, library_id: str | None, *, spatial_key: str = "spati
     return lib
 
 
-def save_data(adata: Any, *, attr: str, key: str, data: Any) -> None:
+def save_data(adata: AnnData, *, attr: str, key: str, data: Any) -> None:
     """Store ``data`` as ``getattr(adata, attr)[key]`` (``obs``, ``obsm`` or ``uns``), warning when it replaces one."""
     if attr not in ("obs", "obsm", "uns"):
         raise ValueError(f"attr must be 'obs', 'obsm' or 'uns', got {attr!r}.")
@@ -68,7 +71,7 @@ def save_data(adata: Any, *, attr: str, key: str, data: Any) -> None:
     store[key] = data
 
 
-def select_spots(adata: Any, spots: Any, in_library: np.ndarray, library_id: str) -> np.ndarray:
+def select_spots(adata: AnnData, spots: Any, in_library: np.ndarray, library_id: str) -> np.ndarray:
     """Boolean mask of the chosen ``spots`` (a mask or barcodes) within the library ``in_library`` marks.
 
     ``None`` chooses every spot of the library; barcodes of another library are a ``ValueError``,

@@ -8,13 +8,16 @@ every other gene is unaffected. The result is flagged as simulated in ``.uns`` a
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from kgl._logging import logger
 from kgl._validators import check_int
+
+if TYPE_CHECKING:  # pragma: no cover
+    from anndata import AnnData
 
 __all__ = ["GLOMERULAR_MARKERS", "TUBULAR_MARKERS", "simulate_counts"]
 
@@ -32,7 +35,7 @@ def _symbol(gene: str, species: str) -> str:
 
 
 def simulate_counts(
-    adata: Any,
+    adata: AnnData,
     *,
     coverage_key: str = "glomerulus_coverage",
     species: str = "human",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -15,6 +15,9 @@ from kgl._logging import logger
 from kgl._utils import _spatial_uns, library_mask, library_mpp, resolve_library_ids, scalefactors
 from kgl._validators import check_int, check_patch_args, one_library
 from kgl.io import SlideImage
+
+if TYPE_CHECKING:  # pragma: no cover
+    from anndata import AnnData
 
 __all__ = [
     "SpotChunkDataset",
@@ -29,7 +32,7 @@ __all__ = [
 
 @d.dedent
 def spot_image(
-    adata: Any, library_id: str | None = None, *, img_key: str | None = None, spatial_key: str = "spatial"
+    adata: AnnData, library_id: str | None = None, *, img_key: str | None = None, spatial_key: str = "spatial"
 ) -> tuple[SlideImage, str]:
     """The tissue image of a library as a lazy :class:`~kgl.io.SlideImage` in the full-res spot frame.
 
@@ -129,7 +132,7 @@ class SpotSet:
 
 
 def spot_sets(
-    adata: Any,
+    adata: AnnData,
     *,
     library_id: str | Sequence[str] | None = None,
     img_key: str | None = None,
@@ -289,7 +292,7 @@ class SpotChunkDataset:
 
 @d.dedent
 def spot_patches(
-    adata: Any,
+    adata: AnnData,
     *,
     library_id: str | Sequence[str] | None = None,
     patch_um: float = 110.0,

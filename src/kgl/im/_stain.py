@@ -7,10 +7,12 @@ from typing import Any
 
 import numpy as np
 
+from kgl._types import StainNorm, options
+
 __all__ = ["STAIN_NORMS", "MacenkoNormalizer"]
 
 #: Stain normalisations :func:`kgl.tl.classify_spots` accepts (``stain_norm=``).
-STAIN_NORMS = ("macenko",)
+STAIN_NORMS = options(StainNorm)
 
 
 class MacenkoNormalizer:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -33,10 +33,13 @@ from kgl._utils import (
 )
 from kgl._validators import one_library, save_data, select_spots
 
+if TYPE_CHECKING:  # pragma: no cover
+    from anndata import AnnData
+
 __all__ = ["read_review", "write_review"]
 
 
-def _check_unique_barcodes(adata: Any) -> None:
+def _check_unique_barcodes(adata: AnnData) -> None:
     if not adata.obs_names.is_unique:
         dup = adata.obs_names[adata.obs_names.duplicated()]
         raise ValueError(
@@ -54,7 +57,7 @@ def _circle(x: float, y: float, r: float, n: int) -> list[list[float]]:
 
 @d.dedent
 def write_review(
-    adata: Any,
+    adata: AnnData,
     path: str | os.PathLike,
     *,
     key: str = "glomerulus",
@@ -241,7 +244,7 @@ def _feature_barcode(props: dict, obs_names: pd.Index) -> str | None:
 
 
 def read_review(
-    adata: Any,
+    adata: AnnData,
     path: str | os.PathLike,
     *,
     key: str = "glomerulus",

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from kgl._docs import d
 from kgl._utils import SPOT_DIAMETER_UM, obs_labels, reviewed_labels
+
+if TYPE_CHECKING:  # pragma: no cover
+    from anndata import AnnData
 
 __all__ = ["review_gallery"]
 
@@ -70,7 +73,7 @@ def _tile(ax: Any, patch: np.ndarray, *, title: str, color: str, spot_r: float, 
 
 @d.dedent
 def review_gallery(
-    adata: Any,
+    adata: AnnData,
     key: str = "glomerulus",
     *,
     library_id: str | None = None,

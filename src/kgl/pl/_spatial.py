@@ -6,13 +6,17 @@ import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from kgl._docs import d
 from kgl._spatialdata import accepts_spatialdata
 from kgl._utils import _spatial_uns, library_mpp, resolve_library_ids, scalefactors
+
+if TYPE_CHECKING:  # pragma: no cover
+    from anndata import AnnData
+    from spatialdata import SpatialData
 
 __all__ = ["spatial_glom"]
 
@@ -24,7 +28,7 @@ def _squidpy() -> Any:
     return sq
 
 
-def _with_reviewed_labels(adata: Any, key: str, colors: Sequence[str], spatial_key: str) -> Any:
+def _with_reviewed_labels(adata: AnnData, key: str, colors: Sequence[str], spatial_key: str) -> Any:
     """A light AnnData for plotting whose ``obs[key]`` holds the reviewed labels where there are some.
 
     It shares the ``uns`` values (images) with ``adata`` and copies only obs, the spot centres and
@@ -47,7 +51,7 @@ def _with_reviewed_labels(adata: Any, key: str, colors: Sequence[str], spatial_k
     return view
 
 
-def _library_mpp(adata: Any, key: str, library_id: str, spatial_key: str, library_key: str) -> float:
+def _library_mpp(adata: AnnData, key: str, library_id: str, spatial_key: str, library_key: str) -> float:
     """µm per full-res px: what classify_spots recorded, else measured from the spot lattice."""
     try:
         return float(adata.uns[key]["params"]["libraries"][library_id]["mpp"])
@@ -58,7 +62,7 @@ def _library_mpp(adata: Any, key: str, library_id: str, spatial_key: str, librar
 @accepts_spatialdata("plot")
 @d.dedent
 def spatial_glom(
-    adata: Any,
+    adata: AnnData | SpatialData,
     *,
     library_id: str | Sequence[str] | None = None,
     key: str = "glomerulus",

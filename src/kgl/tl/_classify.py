@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -11,12 +11,17 @@ import pandas as pd
 from kgl._docs import d
 from kgl._logging import logger
 from kgl._spatialdata import accepts_spatialdata
+from kgl._types import Precision, StainNorm, ThresholdRule, options
 from kgl._validators import check_int, check_patch_args, save_data
+
+if TYPE_CHECKING:  # pragma: no cover
+    from anndata import AnnData
+    from spatialdata import SpatialData
 
 __all__ = ["classify_spots"]
 
 _COLORS = {"other": "#d9d9d9", "glomerulus": "#d62728"}
-_THRESHOLD_RULES = ("expected-f1", "prior-shift")
+_THRESHOLD_RULES = options(ThresholdRule)
 
 
 def _one_threshold(per_lib: dict[str, dict[str, Any]]) -> float:
@@ -171,7 +176,7 @@ def _predict(
 @accepts_spatialdata("annotate")
 @d.dedent
 def classify_spots(
-    adata: Any,
+    adata: AnnData | SpatialData,
     model: Any = None,
     *,
     library_id: str | Sequence[str] | None = None,
@@ -180,11 +185,11 @@ def classify_spots(
     batch_size: int = 64,
     num_workers: int = 0,
     device: Any = "auto",
-    precision: str = "auto",
-    threshold: float | str | None = None,
+    precision: Precision = "auto",
+    threshold: float | ThresholdRule | None = None,
     uncertain: tuple[float, float] | None = (0.2, 0.8),
     adapt_bn: bool = False,
-    stain_norm: str | None = None,
+    stain_norm: StainNorm | None = None,
     img_key: str | None = None,
     allow_upsampling: bool = False,
     spatial_key: str = "spatial",

@@ -9,7 +9,7 @@ DESeq2's model). kgl only chooses the spots (reviewed labels win, see
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -17,15 +17,20 @@ import pandas as pd
 from kgl._docs import d
 from kgl._logging import logger
 from kgl._spatialdata import accepts_spatialdata
+from kgl._types import DEMethod, options
 from kgl._utils import reviewed_labels
 from kgl._validators import check_int, save_data
+
+if TYPE_CHECKING:  # pragma: no cover
+    from anndata import AnnData
+    from spatialdata import SpatialData
 
 __all__ = ["PODOCYTE_MARKERS", "glom_markers", "marker_check"]
 
 #: Podocyte / glomerular markers checked by :func:`marker_check` (matched case-insensitively, so
 #: the mouse symbols ``Nphs1``, ``Nphs2``, ... match too).
 PODOCYTE_MARKERS = ("NPHS1", "NPHS2", "PODXL", "WT1", "PTPRO", "CLIC5")
-_METHODS = ("wilcoxon", "pseudobulk")
+_METHODS = options(DEMethod)
 
 
 def _no_table_name(table_name: str | None) -> None:
@@ -33,7 +38,7 @@ def _no_table_name(table_name: str | None) -> None:
         raise ValueError("table_name is only for a SpatialData object; adata is an AnnData.")
 
 
-def _groups(adata: Any, key: str, group: str | None) -> tuple[pd.Series, str]:
+def _groups(adata: AnnData, key: str, group: str | None) -> tuple[pd.Series, str]:
     """Labels (reviewed ones win) and the tested group, validated."""
     labels = reviewed_labels(adata, key)
     cats = list(labels.cat.categories)
@@ -50,7 +55,7 @@ def _groups(adata: Any, key: str, group: str | None) -> tuple[pd.Series, str]:
     return labels, group
 
 
-def _matrix(adata: Any, layer: str | None) -> Any:
+def _matrix(adata: AnnData, layer: str | None) -> Any:
     if layer is None:
         return adata.X
     if layer not in adata.layers:
@@ -67,7 +72,7 @@ def _is_counts(x: Any) -> bool:
     return bool(vals.size == 0 or ((vals >= 0).all() and np.equal(np.mod(vals, 1), 0).all()))
 
 
-def _check_genes(adata: Any) -> None:
+def _check_genes(adata: AnnData) -> None:
     if adata.n_vars == 0:
         raise ValueError(
             "adata has no genes: differential expression needs the sample's counts (e.g. kgl.io.read_visium with the "
@@ -87,7 +92,7 @@ def _per_10k(x: Any, *, log1p: bool = False) -> Any:
     return tmp.X
 
 
-def _wilcoxon(adata: Any, labels: pd.Series, group: str, layer: str | None, min_spots: int) -> pd.DataFrame:
+def _wilcoxon(adata: AnnData, labels: pd.Series, group: str, layer: str | None, min_spots: int) -> pd.DataFrame:
     import anndata as ad
     import scanpy as sc
 
@@ -135,7 +140,7 @@ def _n_spots(pdata: Any) -> pd.Series:
 
 
 def _pseudobulk(
-    adata: Any,
+    adata: AnnData,
     labels: pd.Series,
     group: str,
     layer: str | None,
@@ -222,10 +227,10 @@ def _pseudobulk(
 @accepts_spatialdata("table")
 @d.dedent
 def glom_markers(
-    adata: Any,
+    adata: AnnData | SpatialData,
     key: str = "glomerulus",
     *,
-    method: str = "wilcoxon",
+    method: DEMethod = "wilcoxon",
     group: str | None = None,
     layer: str | None = None,
     library_key: str = "library_id",
@@ -332,7 +337,7 @@ def glom_markers(
     return table
 
 
-def _match_genes(adata: Any, genes: Sequence[str], gene_symbols: str | None) -> dict[str, int | None]:
+def _match_genes(adata: AnnData, genes: Sequence[str], gene_symbols: str | None) -> dict[str, int | None]:
     """Column index of each gene, matched case-insensitively (human ``NPHS1`` = mouse ``Nphs1``)."""
     if gene_symbols is None:
         names = adata.var_names.astype(str)
@@ -349,7 +354,7 @@ def _match_genes(adata: Any, genes: Sequence[str], gene_symbols: str | None) -> 
 @accepts_spatialdata("table")
 @d.dedent
 def marker_check(
-    adata: Any,
+    adata: AnnData | SpatialData,
     key: str = "glomerulus",
     *,
     markers: Sequence[str] | None = None,

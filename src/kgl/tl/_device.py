@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from kgl._types import Precision, options
+
 __all__ = ["autocast_dtype", "normalise_uint8", "normaliser", "resolve_device"]
 
 
@@ -41,7 +43,7 @@ def cpu_has_bf16() -> bool:
     return any(bool(c()) for c in checks if c is not None)
 
 
-def autocast_dtype(device: Any, precision: str = "auto") -> Any:
+def autocast_dtype(device: Any, precision: Precision = "auto") -> Any:
     """Autocast dtype for ``precision`` on ``device`` (``None``: fp32).
 
     ``"auto"``: fp16 AMP on CUDA (bf16 where the GPU supports it), bf16 on CPUs with native bf16,
@@ -49,7 +51,7 @@ def autocast_dtype(device: Any, precision: str = "auto") -> Any:
     """
     import torch
 
-    if precision not in {"auto", "fp32", "bf16", "fp16"}:
+    if precision not in options(Precision):
         raise ValueError(f"precision must be 'auto', 'fp32', 'bf16' or 'fp16', got {precision!r}.")
     if precision == "fp32":
         return None

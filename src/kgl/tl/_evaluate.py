@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -13,6 +13,10 @@ from kgl._docs import d
 from kgl._logging import logger
 from kgl._metrics import calibration_table, check_inputs, ece
 from kgl._spatialdata import accepts_spatialdata
+
+if TYPE_CHECKING:  # pragma: no cover
+    from anndata import AnnData
+    from spatialdata import SpatialData
 
 __all__ = ["calibration_table", "choose_threshold", "evaluate", "evaluate_spots"]
 
@@ -168,7 +172,7 @@ def choose_threshold(
 @accepts_spatialdata("table")
 @d.dedent
 def evaluate_spots(
-    adata: Any,
+    adata: AnnData | SpatialData,
     *,
     key: str = "glomerulus",
     truth_key: str = "glomerulus_coverage",

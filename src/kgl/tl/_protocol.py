@@ -23,12 +23,15 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from kgl._logging import logger
+
+if TYPE_CHECKING:  # pragma: no cover
+    from anndata import AnnData
 
 __all__ = ["HE_CASES", "TTA_VARIANTS", "evaluate_recipe", "rescore_protocol", "summarise_protocol"]
 
@@ -46,7 +49,7 @@ TTA_VARIANTS: dict[str, dict[str, Any]] = {
 
 
 def _spot_rows(
-    model: Any, adata: Any, *, device: Any, tta: Sequence[str] = ("plain",), base: dict[str, Any]
+    model: Any, adata: AnnData, *, device: Any, tta: Sequence[str] = ("plain",), base: dict[str, Any]
 ) -> list[dict[str, Any]]:
     """Classify a pseudo-Visium with each test-time variant and score each threshold rule against its coverage."""
     from kgl.tl._classify import apply_threshold_rule, classify_spots
