@@ -349,8 +349,8 @@ def train(
     from torch.utils.data import DataLoader, WeightedRandomSampler
     from tqdm.auto import tqdm
 
+    from kgl._utils import torch_error_summary
     from kgl.models import build_model, save_checkpoint
-    from kgl.models._model import torch_error_summary
     from kgl.tl._device import autocast_dtype, resolve_device
     from kgl.tl._evaluate import choose_threshold, evaluate
 
