@@ -247,6 +247,12 @@ def train_default_model(
         extra_config={"training_data": summary},
         **train_kw,
     )
+    import matplotlib.pyplot as plt
+
+    from kgl.pl import training_curves
+
+    axes = training_curves(result.history, save=out / "curves.png")  # kgl.tl.train itself draws nothing
+    plt.close(axes[0].figure)  # only the file: an open figure would pop up in notebooks and accumulate
     model = result.model
     thr = float(model.config["threshold"])
     metrics = dict(model.config["metrics"])
