@@ -1158,7 +1158,7 @@ def _(c):
     import kgl.tl._train as tr
 
     table = _patch_table(c)
-    real_eval, calls = tr._run_eval, {"n": 0}
+    real_eval, calls = tr.run_eval, {"n": 0}
 
     def crash_in_epoch_2(*a, **k):
         calls["n"] += 1
@@ -1168,10 +1168,10 @@ def _(c):
 
     def run():
         full = kgl.tl.train(table, out_dir=c.tmp / "full", **_TRAIN)
-        c.mp.setattr(tr, "_run_eval", crash_in_epoch_2)
+        c.mp.setattr(tr, "run_eval", crash_in_epoch_2)
         with pytest.raises(KeyboardInterrupt):
             kgl.tl.train(table, out_dir=c.tmp / "cut", **_TRAIN)
-        c.mp.setattr(tr, "_run_eval", real_eval)
+        c.mp.setattr(tr, "run_eval", real_eval)
         assert len(pd.read_csv(c.tmp / "cut" / "history.csv")) == 1 and not (c.tmp / "cut" / "best.pt").exists()
         assert not list((c.tmp / "cut").glob(".*.tmp"))
         resumed = kgl.tl.train(table, out_dir=c.tmp / "cut", resume=True, **_TRAIN)

@@ -250,6 +250,25 @@ def pooch_download(url: str, sha256: str, dest: str | os.PathLike, *, what: str,
         raise ConnectionError(f"Could not download {what} from {url}: {e}. Check the network, or {fallback}.") from e
 
 
+def torch_error_summary(e: BaseException) -> str:
+    """One informative line of a torch load error (its detail, without torch's advice to load unsafely).
+
+    Plain text handling (no torch import): shared by :mod:`kgl.models` and :mod:`kgl.tl`.
+    """
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+    m = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if m:
+        pick = m.group(1).strip()
+    elif len(lines) > 1 and lines[0].startswith("Error(s) in loading"):  # load_state_dict: details follow
+        pick = lines[1]
+    else:
+        pick = lines[0] if lines else ""
+    return f"{type(e).__name__}: {pick[:300]}"
+
+
 def obs_labels(adata: AnnData, key: str = "glomerulus", *, need_proba: bool = False) -> Any:
     """``adata.obs[key]`` as a categorical (the classifier's labels), checked to exist.
 

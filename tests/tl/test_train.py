@@ -34,23 +34,6 @@ def _synthetic_patch_table(tmp_path, n_slides=6, seed=0):
     return df
 
 
-def test_augmentations_are_seeded_and_shape_preserving(tmp_path):
-    table = _synthetic_patch_table(tmp_path, n_slides=1)
-    i = int(np.flatnonzero(table["label"] == 0)[0])  # a noisy background patch
-    for aug in kgl.tl.AUGMENTATIONS:
-        ds = kgl.tl.PatchDataset(table, size=32, augment=aug, seed=3)
-        a, la = ds[i]
-        b, _ = ds[i]
-        assert a.shape == (32, 32, 3) and a.dtype == np.uint8 and la == 0
-        np.testing.assert_array_equal(a, b)  # same (seed, epoch, index): same patch
-        ds.set_epoch(1)
-        assert not np.array_equal(ds[i][0], a)  # another epoch: another draw (scale jitter at least)
-    grey = kgl.tl.PatchDataset(table, size=32, augment="grey", train=False)[i][0]
-    assert (grey[..., 0] == grey[..., 1]).all()
-    with pytest.raises(ValueError, match="augment"):
-        kgl.tl.build_transform("sepia")
-
-
 def test_train_small_run_writes_history_checkpoint_and_calibration(tmp_path):
     """The plumbing of a run (random init, fp32): history, files, calibration, a bit-identical checkpoint."""
     table = _synthetic_patch_table(tmp_path)
@@ -77,6 +60,7 @@ def test_train_small_run_writes_history_checkpoint_and_calibration(tmp_path):
     assert len(res.step_loss) == 3 * 6 and np.isfinite(res.step_loss).all()
     for f in ("best.pt", "last.pt", "history.csv"):
         assert (tmp_path / "run" / f).exists()
+    assert not list((tmp_path / "run").glob("*.png"))  # train draws no curves (kgl.pl.training_curves does)
     cfg = res.model.config
     assert cfg["head_trained"] and 0.0 < cfg["threshold"] < 1.0 and cfg["temperature"] > 0 and "logit_bias" in cfg
     assert cfg["training"]["class_counts"]["train"] == {"other": 24, "glomerulus": 24}
@@ -147,7 +131,7 @@ def test_resume_is_identical_to_an_uninterrupted_run(tmp_path, monkeypatch):
 
     import kgl.tl._train as tr
 
-    real_eval, calls = tr._run_eval, {"n": 0}
+    real_eval, calls = tr.run_eval, {"n": 0}
 
     def crash_in_epoch_3(*a, **k):
         calls["n"] += 1
@@ -155,10 +139,10 @@ def test_resume_is_identical_to_an_uninterrupted_run(tmp_path, monkeypatch):
             raise KeyboardInterrupt("simulated interruption during epoch 3")
         return real_eval(*a, **k)
 
-    monkeypatch.setattr(tr, "_run_eval", crash_in_epoch_3)
+    monkeypatch.setattr(tr, "run_eval", crash_in_epoch_3)
     with pytest.raises(KeyboardInterrupt):
         kgl.tl.train(table, out_dir=tmp_path / "cut", **kw)
-    monkeypatch.setattr(tr, "_run_eval", real_eval)
+    monkeypatch.setattr(tr, "run_eval", real_eval)
     assert len(pd.read_csv(tmp_path / "cut" / "history.csv")) == 2
     assert not (tmp_path / "cut" / "best.pt").exists()
     with pytest.raises(ValueError, match="kept epochs by select='val_auroc'"):  # its best epoch was by the other rule
@@ -195,13 +179,40 @@ def test_train_input_errors(tmp_path):
         )
 
 
-def test_fit_calibration_recovers_scale_and_bias():
-    rng = np.random.default_rng(0)
-    z = rng.normal(0, 2, 20000)
-    y = (rng.random(20000) < 1 / (1 + np.exp(-(z - 1.0)))).astype(int)  # calibrated logit: z - 1
-    logits = np.c_[np.zeros_like(z), z * 3.0]  # overconfident by 3x, prior off by 1
-    cal = kgl.tl.fit_calibration(logits, y)
-    assert cal["temperature"] == pytest.approx(3.0, rel=0.1)
-    assert cal["logit_bias"] == pytest.approx(-1.0, abs=0.1)
-    p = kgl.tl.calibrated_proba(logits, **cal)
-    assert kgl.tl.evaluate(y, p)["ece"] < 0.02
+TINY = {"backbone": "mobilenet_v2", "weights": None, "input_size": 32, "epochs": 1, "freeze_epochs": 0}
+
+
+def test_same_seed_same_history_checkpoint_and_config(tmp_path):
+    """A tiny random-init run twice with one seed: the same history, weights and config (timings aside)."""
+    table = _synthetic_patch_table(tmp_path)
+    kw = dict(TINY, batch_size=8, show_progress=False, seed=4, device="cpu", precision="fp32")
+    a = kgl.tl.train(table, out_dir=tmp_path / "a", **kw)
+    b = kgl.tl.train(table, out_dir=tmp_path / "b", **kw)
+    timing = ["train_s", "patches_per_s"]
+    assert list(a.history.columns) == [
+        "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auroc", "val_f1", "frozen_backbone",
+        "train_patches", "train_s", "patches_per_s", "best",
+    ]  # fmt: skip
+    pd.testing.assert_frame_equal(a.history.drop(columns=timing), b.history.drop(columns=timing))
+    np.testing.assert_array_equal(a.step_loss, b.step_loss)
+    np.testing.assert_array_equal(a.val_proba, b.val_proba)
+    assert state_dict_sha256(a.model) == state_dict_sha256(b.model)
+    ca, cb = (dict(r.model.config, training={**r.model.config["training"], "seconds": 0}) for r in (a, b))
+    assert ca == cb
+    assert load_checkpoint(tmp_path / "b" / "best.pt").config["threshold"] == a.model.config["threshold"]
+    other = kgl.tl.train(table, **{**kw, "seed": 5})
+    assert state_dict_sha256(other.model) != state_dict_sha256(a.model)
+
+
+def test_train_config_holds_every_keyword_of_train():
+    """TrainConfig mirrors train's keywords one for one, defaults included (train builds it from them)."""
+    import dataclasses
+    import inspect
+
+    from kgl.tl._train import TrainConfig
+
+    params = list(inspect.signature(kgl.tl.train).parameters.values())[1:]
+    assert all(p.kind is p.KEYWORD_ONLY for p in params)
+    assert [(p.name, p.default) for p in params] == [(f.name, f.default) for f in dataclasses.fields(TrainConfig)]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        TrainConfig().epochs = 3

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from kgl._logging import logger
-from kgl._utils import atomic_path
+from kgl._utils import atomic_path, torch_error_summary
 from kgl.models._config import IMAGENET_MEAN, IMAGENET_STD, ModelConfig
 
 __all__ = [
@@ -379,22 +379,6 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: str | torch.device
         raise ValueError(f"Checkpoint {str(path)!r} is corrupt: its parameters do not match the recorded sha256.")
     logger.debug("loaded %s (%s)", path, config["backbone"])
     return model
-
-
-def torch_error_summary(e: BaseException) -> str:
-    """One informative line of a torch load error (its detail, without torch's advice to load unsafely)."""
-    import re
-
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
-    m = re.search(r"WeightsUnpickler error:\s*(.+)", text)
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    if m:
-        pick = m.group(1).strip()
-    elif len(lines) > 1 and lines[0].startswith("Error(s) in loading"):  # load_state_dict: details follow
-        pick = lines[1]
-    else:
-        pick = lines[0] if lines else ""
-    return f"{type(e).__name__}: {pick[:300]}"
 
 
 _BUILD_KEYS = {"backbone", "weights", "class_names", "patch_um", "input_size", "threshold", "num_features"}

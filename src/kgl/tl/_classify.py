@@ -125,22 +125,19 @@ def _predict(
     ``transform`` maps each uint8 batch ``(B, H, W, 3)`` before normalisation (stain normalisation).
     """
     import torch
-    from scipy.special import expit
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
     from kgl.im import SpotChunkDataset
+    from kgl.tl._calibration import calibrated_proba
     from kgl.tl._device import normalise_uint8, normaliser
 
-    cfg = model.config
-    mean, std = normaliser(model.spec.preprocessing, device)
-    pos = cfg["class_names"].index(cfg.get("positive_class", cfg["class_names"][-1]))
-    # calibration fitted on validation data (kgl.tl.train): p = sigmoid((l_pos - l_neg) / T + b)
-    if len(cfg["class_names"]) != 2:
-        raise ValueError(f"kgl calls two classes; the model has {cfg['class_names']}.")
-    temperature = float(cfg.get("temperature", 1.0))
-    logit_bias = float(cfg.get("logit_bias", 0.0))
-    greyscale = bool(cfg.get("greyscale", False)) or cfg.get("training", {}).get("recipe", {}).get("augment") == "grey"
+    spec = model.spec  # the typed contract (kgl.models.ModelConfig); two classes are checked there
+    mean, std = normaliser(spec.preprocessing, device)
+    pos = spec.positive_index
+    # calibration fitted on validation data (kgl.tl.train), applied by kgl.tl.calibrated_proba
+    calib = spec.calibration
+    greyscale = spec.preprocessing.greyscale
     # spatially compact chunks of spots: each chunk's image region is decoded once (kgl.im.SpotChunkDataset)
     chunks = SpotChunkDataset(dataset, batch_size)
     if num_workers > 0:
@@ -169,8 +166,12 @@ def _predict(
                 feats = np.empty((n, emb.shape[1]), dtype=np.float32)
             feats[idx] = emb.float().cpu().numpy()
             inside[idx] = np.asarray(f)
-    # in float64 on the host: elementwise and exact whatever the batch layout (SIMD tails round differently)
-    return (expit(margin.astype(np.float64) / temperature + logit_bias).astype(np.float32), feats, inside)
+    # in float64 on the host: elementwise and exact whatever the batch layout (SIMD tails round differently);
+    # the margin l_pos - l_neg is taken above, so as 2-class logits it is (0, margin)
+    proba = calibrated_proba(
+        np.column_stack((np.zeros(n), margin.astype(np.float64))), calib.temperature, calib.logit_bias
+    )
+    return (proba.astype(np.float32), feats, inside)
 
 
 @accepts_spatialdata("annotate")
@@ -217,7 +218,7 @@ def classify_spots(
     library_id
         Sample(s) to classify; all by default. Spots of other samples get missing values.
     patch_um
-        Patch side in µm; the model's own (``model.config["patch_um"]``) by default.
+        Patch side in µm; the model's own (``model.spec.preprocessing.patch_um``) by default.
     input_size
         Model input side in pixels; the model's own by default.
     batch_size

@@ -13,8 +13,9 @@ import pandas as pd
 
 from kgl._logging import logger
 from kgl.models import DEFAULT_MODEL, REGISTRY
+from kgl.tl._predict import evaluate_patches
 
-__all__ = ["DEFAULT_RECIPE", "evaluate_patches", "train_default_model"]
+__all__ = ["DEFAULT_RECIPE", "train_default_model"]
 
 #: The recipe of kgl's default model (:data:`kgl.models.DEFAULT_MODEL`, ``kgl-glom-v2``; each registry
 #: entry carries its own, :attr:`kgl.models.ModelEntry.recipe`): MobileNet_V2 ImageNet weights (the ones
@@ -25,34 +26,6 @@ __all__ = ["DEFAULT_RECIPE", "evaluate_patches", "train_default_model"]
 #: split. Chosen with :func:`kgl.tl.evaluate_recipe` (leave one H&E case out, PAS tiles of another
 #: site, held-out biopsies; 3 seeds): see docs/training.md.
 DEFAULT_RECIPE: dict[str, Any] = dict(REGISTRY[DEFAULT_MODEL].recipe)
-
-
-def evaluate_patches(
-    model: Any, table: pd.DataFrame, *, batch_size: int = 128, device: Any = "auto", num_workers: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
-    """Calibrated glomerulus probabilities of a trained model on a patch table (no augmentation)."""
-    import torch
-    from torch.utils.data import DataLoader
-
-    from kgl.tl._device import autocast_dtype, normaliser, resolve_device
-    from kgl.tl._train import PatchDataset, _collate, _run_eval, calibrated_proba
-
-    dev = resolve_device(device)
-    amp = autocast_dtype(dev, "auto")
-    cfg = model.config
-    ds = PatchDataset(
-        table,
-        size=cfg["input_size"],
-        augment=cfg.get("training", {}).get("recipe", {}).get("augment", "none"),
-        train=False,
-    )
-    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=_collate)
-    model = model.to(dev, memory_format=torch.channels_last)
-    mean, std = normaliser(model.spec.preprocessing, dev)
-    logits, labels = _run_eval(model, loader, device=dev, amp=amp, mean=mean, std=std)
-    model.cpu()
-    calib = {"temperature": float(cfg.get("temperature", 1.0)), "logit_bias": float(cfg.get("logit_bias", 0.0))}
-    return calibrated_proba(logits, **calib), labels
 
 
 def _evaluation_plots(out: Path, curves: dict[str, tuple[np.ndarray, np.ndarray]], test_metrics: dict) -> None:
@@ -247,6 +220,12 @@ def train_default_model(
         extra_config={"training_data": summary},
         **train_kw,
     )
+    import matplotlib.pyplot as plt
+
+    from kgl.pl import training_curves
+
+    axes = training_curves(result.history, save=out / "curves.png")  # kgl.tl.train itself draws nothing
+    plt.close(axes[0].figure)  # only the file: an open figure would pop up in notebooks and accumulate
     model = result.model
     thr = float(model.config["threshold"])
     metrics = dict(model.config["metrics"])

@@ -77,6 +77,11 @@ def split_by_group(
     requested fractions of *rows* is kept; with ``stratify_key`` it is also close to the
     requested fractions within every stratum (e.g. stain), and every split gets every stratum
     that has at least as many groups as there are splits.
+    Written by hand rather than with scikit-learn's ``GroupShuffleSplit`` (two splits whose size is a
+    fraction of *groups*, not rows, with no strata) or ``StratifiedGroupKFold`` (k equal folds, so no
+    70/15/15, balancing one class label only): this one splits train/val/test at once to row fractions
+    within every stratum, never leaves a requested split empty, puts every stratum with enough groups
+    in every split, and depends only on ``seed`` through NumPy's generator, not on scikit-learn's version.
 
     Parameters
     ----------

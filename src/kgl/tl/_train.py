@@ -1,4 +1,11 @@
-"""Fine-tune a torchvision backbone on glomerulus / other patches."""
+"""Fine-tune a torchvision backbone on glomerulus / other patches.
+
+:func:`train` is a short driver over named steps, in the manner of torchvision's reference
+``references/classification/train.py``: :func:`_check_inputs`, :func:`_build_loaders`,
+:func:`_build_model`, :func:`_resume`, then per epoch :func:`_train_one_epoch`, :func:`_evaluate`
+and :func:`_save_state`, and at the end :func:`_finalise` (calibration, threshold, metrics, config).
+Its keyword settings travel between the steps as one frozen :class:`TrainConfig`.
+"""
 
 from __future__ import annotations
 
@@ -14,163 +21,92 @@ import numpy as np
 import pandas as pd
 
 from kgl._logging import logger
+from kgl.im import PatchDataset, collate_patches
+from kgl.tl._calibration import calibrated_proba, fit_calibration
 from kgl.tl._device import normalise_uint8, normaliser
+from kgl.tl._predict import run_eval
 
-__all__ = [
-    "AUGMENTATIONS",
-    "PatchDataset",
-    "TrainResult",
-    "build_transform",
-    "calibrated_proba",
-    "fit_calibration",
-    "train",
-]
+__all__ = ["SELECT_RULES", "TrainConfig", "TrainResult", "train"]
 
-#: Named augmentation recipes (geometric flips/rot90 + blur in all; the colour part differs).
 #: How :func:`train` picks the epoch it keeps (and when it stops early): the highest validation
 #: ROC-AUC (ties: the lower loss) or the lowest validation loss (ties: the higher ROC-AUC).
 SELECT_RULES = ("val_auroc", "val_loss")
-AUGMENTATIONS = ("none", "color", "hed", "hed+color", "grey", "strong", "randstain", "randstain+strong")
 
-#: RandStainNA-style target statistics (OpenCV 8-bit L*a*b*: L 0–255, a and b centred on 128): wide
-#: enough to cover H&E (pink-purple, a ≈ 140–160), PAS (magenta), Masson (blue-green, a < 128) and silver.
-_LAB_MEAN_RANGE = ((110.0, 225.0), (118.0, 170.0), (100.0, 140.0))
-_LAB_STD_RANGE = ((15.0, 60.0), (4.0, 22.0), (4.0, 22.0))
-
-
-def _random_lab_stats(p: float) -> Any:
-    """RandStainNA-style augmentation (Shen et al. 2022): random L*a*b* statistics per patch.
-
-    Each channel is standardised and given a random target mean and std (uniform over
-    :data:`_LAB_MEAN_RANGE` / :data:`_LAB_STD_RANGE`), so the network sees the same tissue in many
-    plausible stain colourings, H&E among them. Written here because RandStainNA is not packaged.
-    """
-    import albumentations as A
-    import cv2
-
-    class RandomLabStats(A.ImageOnlyTransform):
-        def get_params(self) -> dict[str, Any]:
-            rng = self.random_generator
-            means = np.array([rng.uniform(lo, hi) for lo, hi in _LAB_MEAN_RANGE], dtype=np.float32)
-            stds = np.array([rng.uniform(lo, hi) for lo, hi in _LAB_STD_RANGE], dtype=np.float32)
-            return {"means": means, "stds": stds}
-
-        def apply(self, img: np.ndarray, means: np.ndarray, stds: np.ndarray, **params: Any) -> np.ndarray:
-            lab = cv2.cvtColor(img, cv2.COLOR_RGB2LAB).astype(np.float32)
-            mu = lab.reshape(-1, 3).mean(0)
-            sd = lab.reshape(-1, 3).std(0) + 1e-3
-            lab = (lab - mu) / sd * stds + means
-            return cv2.cvtColor(np.clip(lab, 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB)
-
-    return RandomLabStats(p=p)
-
-
-def build_transform(augment: str = "hed+color", *, train: bool = True, seed: int = 0) -> Any:
-    """Albumentations pipeline for ``uint8`` RGB patches (normalisation happens on the device).
-
-    Parameters
-    ----------
-    augment
-        ``"none"``, ``"color"`` (brightness/contrast/saturation/hue jitter), ``"hed"`` (stain
-        augmentation in haematoxylin–eosin–DAB space, :class:`albumentations.HEStain`),
-        ``"hed+color"`` (both), ``"grey"`` (greyscale replicated to 3 channels: morphology only),
-        ``"strong"`` (HED as above plus the strong HSV jitter of Tellez et al. 2019, hue over the
-        whole circle, and 10 % random greyscale), ``"randstain"`` (RandStainNA-style random
-        L*a*b* statistics covering H&E, PAS, Masson and silver colours) or ``"randstain+strong"``.
-        Every recipe adds flips, 90° rotations and light Gaussian blur when ``train``.
-    train
-        Evaluation transforms are the identity, except ``"grey"``, which must also apply at inference.
-    seed
-        Seed of the pipeline (reseeded per sample by :class:`PatchDataset`).
-
-    """
-    import albumentations as A
-
-    if augment not in AUGMENTATIONS:
-        raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {augment!r}.")
-    ops: list[Any] = []
-    if train:
-        ops += [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5), A.RandomRotate90(p=1.0)]
-        if "randstain" in augment:
-            ops.append(_random_lab_stats(p=0.8))
-        if "hed" in augment or "strong" in augment:
-            ops.append(
-                A.HEStain(
-                    method="random_preset", intensity_scale_range=(0.6, 1.4), intensity_shift_range=(-0.25, 0.25), p=0.8
-                )
-            )
-        if "color" in augment:
-            ops.append(A.ColorJitter(brightness=0.25, contrast=0.25, saturation=0.3, hue=0.08, p=0.8))
-        if "strong" in augment:  # Tellez et al. 2019, HSV-strong
-            ops.append(A.ColorJitter(brightness=0.3, contrast=0.3, saturation=(0.3, 1.7), hue=0.5, p=0.8))
-            ops.append(A.ToGray(num_output_channels=3, p=0.1))
-        ops.append(A.GaussianBlur(blur_limit=(3, 5), p=0.2))
-    if augment == "grey":
-        ops.append(A.ToGray(num_output_channels=3, p=1.0))
-    return A.Compose(ops, seed=seed)
+#: Columns of the training history, in order (one row per epoch).
+_HISTORY_COLUMNS = (
+    "epoch",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "val_auroc",
+    "val_f1",
+    "frozen_backbone",
+    "train_patches",
+    "train_s",
+    "patches_per_s",
+)
+#: The settings of a run stored as its recipe in the model config (``config["training"]["recipe"]``).
+_RECIPE_KEYS = (
+    "backbone",
+    "weights",
+    "input_size",
+    "patch_um",
+    "epochs",
+    "batch_size",
+    "lr",
+    "backbone_lr_factor",
+    "weight_decay",
+    "freeze_epochs",
+    "balance",
+    "augment",
+    "scale_jitter",
+    "patience",
+    "select",
+    "seed",
+    "max_batches_per_epoch",
+)
 
 
-class PatchDataset:
-    """Map-style dataset over a patch table (:func:`kgl.im.sample_patches`): ``(uint8 HWC patch, label)``.
+@dataclass(frozen=True)
+class TrainConfig:
+    """The keyword settings of one :func:`train` call (see there), passed to its steps as one value."""
 
-    Patches are read from the slides on the fly (images stay open in a per-process cache), with a
-    random scale jitter applied to the region size in µm (so the model sees ±``scale_jitter`` of
-    the nominal µm/px: the multistain set's µm/px is estimated). Randomness comes from
-    ``(seed, epoch, index)`` only, so results do not depend on the number of DataLoader workers.
-    """
+    split_key: str = "split"
+    backbone: str = "resnet50"
+    weights: str | None = "DEFAULT_KGL"
+    input_size: int = 224
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-3
+    backbone_lr_factor: float = 0.1
+    weight_decay: float = 1e-4
+    freeze_epochs: int = 1
+    balance: str | None = "sampler"
+    augment: str = "hed+color"
+    scale_jitter: tuple[float, float] = (0.8, 1.25)
+    patience: int = 3
+    select: str = "val_auroc"
+    max_batches_per_epoch: int | None = None
+    out_dir: str | os.PathLike | None = None
+    resume: bool = False
+    name: str = "kgl-glom"
+    seed: int = 0
+    device: Any = "auto"
+    precision: str = "auto"
+    num_workers: int = 0
+    show_progress: bool = True
+    extra_config: dict[str, Any] | None = None
 
-    def __init__(
-        self,
-        table: pd.DataFrame,
-        *,
-        size: int,
-        augment: str = "hed+color",
-        train: bool = True,
-        scale_jitter: tuple[float, float] = (0.8, 1.25),
-        seed: int = 0,
-    ) -> None:
-        missing = {"path", "x", "y", "mpp", "patch_um", "label"} - set(table.columns)
-        if missing:
-            raise KeyError(f"Patch table lacks columns {sorted(missing)}; build it with kgl.im.sample_patches.")
-        self.table = table.reset_index(drop=True)
-        self.size = int(size)
-        self.train = train
-        self.scale_jitter = scale_jitter
-        self.seed = int(seed)
-        self.epoch = 0
-        self.transform = build_transform(augment, train=train, seed=seed)
-        self._cache: dict[str, Any] = {}
-        self._pid = os.getpid()
-        self.labels = self.table["label"].to_numpy().astype(np.int64)
+    @property
+    def out(self) -> Path | None:
+        """``out_dir`` as a :class:`~pathlib.Path` (``None``: nothing written)."""
+        return Path(self.out_dir) if self.out_dir is not None else None
 
-    def set_epoch(self, epoch: int) -> None:
-        """Change the augmentation draw (call once per epoch)."""
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return len(self.table)
-
-    def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
-        from kgl.im import read_patch
-
-        if self._pid != os.getpid():  # new worker process: its own open images
-            self._cache, self._pid = {}, os.getpid()
-        row = self.table.iloc[i]
-        scale = 1.0
-        if self.train:
-            rng = np.random.default_rng((self.seed, self.epoch, int(i)))
-            lo, hi = np.log(self.scale_jitter[0]), np.log(self.scale_jitter[1])
-            scale = float(np.exp(rng.uniform(lo, hi)))
-            self.transform.set_random_seed(int(rng.integers(2**31 - 1)))
-        patch = read_patch(row, size=self.size, scale=scale, cache=self._cache)
-        patch = self.transform(image=patch)["image"]
-        return np.ascontiguousarray(patch), int(self.labels[i])
-
-
-def _collate(batch: list[tuple[np.ndarray, int]]) -> tuple[Any, Any]:
-    import torch
-
-    return torch.from_numpy(np.stack([b[0] for b in batch])), torch.tensor([b[1] for b in batch])
+    def recipe(self, *, weights: str | None, patch_um: float) -> dict[str, Any]:
+        """The recipe entry of the model config: these settings, with the resolved weights and patch size."""
+        resolved = {"weights": weights, "patch_um": patch_um, "scale_jitter": list(self.scale_jitter)}
+        return {k: resolved[k] if k in resolved else getattr(self, k) for k in _RECIPE_KEYS}
 
 
 @dataclass
@@ -188,8 +124,8 @@ class TrainResult:
     best_epoch
         The epoch whose weights ``model`` holds.
     out_dir
-        Folder with ``best.pt``, ``last.pt``, ``history.csv`` and ``curves.png``; ``None`` when
-        training ran without one.
+        Folder with ``best.pt``, ``last.pt`` and ``history.csv``; ``None`` when training ran without
+        one. Draw the curves with ``kgl.pl.training_curves(result.history, save=...)``.
     val_proba, val_labels
         Calibrated validation probabilities of the best model, and the true labels.
     seconds
@@ -209,48 +145,59 @@ class TrainResult:
     step_loss: np.ndarray = field(default_factory=lambda: np.empty(0), repr=False)
 
 
-def _run_eval(model: Any, loader: Any, *, device: Any, amp: Any, mean: Any, std: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Logits and labels over a loader (eval mode, no grad)."""
-    import torch
+@dataclass
+class _Data:
+    """The loaders of a run (:func:`_build_loaders`)."""
 
-    from kgl.models import fold_batchnorm
-
-    model.eval()
-    net = fold_batchnorm(model)  # the same folded network classify_spots runs
-    logits, labels = [], []
-    with torch.inference_mode(), torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-        for x, y in loader:
-            x = normalise_uint8(x.to(device, non_blocking=True), mean, std)
-            logits.append(net(x).float().cpu())
-            labels.append(y)
-    return torch.cat(logits).numpy(), torch.cat(labels).numpy()
+    train_ds: PatchDataset
+    train_loader: Any
+    val_loader: Any
+    generator: Any  # torch.Generator of sampling and shuffling (saved in last.pt)
+    counts: np.ndarray  # training patches per class
+    steps: int  # optimisation steps per epoch
 
 
-def fit_calibration(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """Platt scaling of the logit margin: ``p = sigmoid((l_pos - l_neg) / T + b)``, fitted on validation.
+@dataclass
+class _Fit:
+    """The model and what trains it (:func:`_build_model`), on one device."""
 
-    A temperature ``T`` (Guo et al. 2017) plus a bias ``b``: the bias undoes the 50/50 prior that
-    class-balanced sampling teaches the model, the temperature its over/under-confidence. Two
-    parameters, minimised NLL (scipy); the ranking of samples (ROC-AUC) is unchanged.
-    """
-    from scipy.optimize import minimize
-
-    z = logits[:, 1] - logits[:, 0]
-    y = np.asarray(labels, dtype=float)
-
-    def nll(params: np.ndarray) -> float:
-        t = z / np.exp(params[0]) + params[1]
-        return float(np.mean(np.logaddexp(0.0, t) - y * t))
-
-    res = minimize(nll, x0=np.zeros(2), method="L-BFGS-B", bounds=[(np.log(0.05), np.log(20.0)), (-10.0, 10.0)])
-    return {"temperature": float(np.exp(res.x[0])), "logit_bias": float(res.x[1])}
+    model: Any
+    criterion: Any
+    optimizer: Any
+    scheduler: Any
+    scaler: Any
+    device: Any
+    amp: Any  # autocast dtype, or None for fp32
+    mean: Any
+    std: Any
 
 
-def calibrated_proba(logits: np.ndarray, temperature: float = 1.0, logit_bias: float = 0.0) -> np.ndarray:
-    """Positive-class probability of 2-class logits after :func:`fit_calibration`."""
-    from scipy.special import expit
+@dataclass
+class _Progress:
+    """What changes from epoch to epoch (saved in ``last.pt``, restored by :func:`_resume`)."""
 
-    return expit((logits[:, 1] - logits[:, 0]) / temperature + logit_bias)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    start_epoch: int = 0
+    best_key: tuple[float, float] = (-np.inf, -np.inf)
+    best_epoch: int = -1
+    bad_epochs: int = 0
+    best_state: dict[str, Any] | None = None
+    step_loss: list[float] = field(default_factory=list)  # of this call's steps only
+
+    def record(self, row: dict[str, Any], model: Any, select: str) -> bool:
+        """Append an epoch's history row and keep its weights if the ``select`` rule prefers them (returned)."""
+        self.history.append(row)
+        auroc = float(np.nan_to_num(row["val_auroc"], nan=-1.0))
+        val_loss = row["val_loss"]
+        neg_loss = -val_loss if np.isfinite(val_loss) else -np.inf  # a NaN loss never wins, never blocks
+        key = (auroc, neg_loss) if select == "val_auroc" else (neg_loss, auroc)
+        improved = key > self.best_key or self.best_state is None  # the first epoch always counts
+        if improved:
+            self.best_key, self.best_epoch, self.bad_epochs = key, row["epoch"], 0
+            self.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        else:
+            self.bad_epochs += 1
+        return improved
 
 
 def train(
@@ -325,8 +272,10 @@ def train(
     max_batches_per_epoch
         Cap on optimisation steps per epoch (small CI runs).
     out_dir
-        Folder for ``best.pt`` (kgl checkpoint of the best epoch), ``last.pt`` (resumable state),
-        ``history.csv`` and ``curves.png``; written atomically. ``None``: nothing written.
+        Folder for ``best.pt`` (kgl checkpoint of the best epoch), ``last.pt`` (resumable state) and
+        ``history.csv``; written atomically. ``None``: nothing written. No plot is drawn here: draw
+        the curves with ``kgl.pl.training_curves(result.history, save=...)`` (as
+        :func:`kgl.tl.train_default_model` does).
     resume
         Continue from ``out_dir/last.pt``.
     name
@@ -344,294 +293,321 @@ def train(
     threshold chosen on the validation split), the per-epoch history and validation predictions.
 
     """
-    import torch
-    from torch import nn
-    from torch.utils.data import DataLoader, WeightedRandomSampler
-    from tqdm.auto import tqdm
-
-    from kgl.models import build_model, save_checkpoint
-    from kgl.models._model import torch_error_summary
+    settings = dict(locals())  # first statement: the keyword arguments and `patches` are all that is local
+    del settings["patches"]
+    cfg = TrainConfig(**settings)
     from kgl.tl._device import autocast_dtype, resolve_device
-    from kgl.tl._evaluate import choose_threshold, evaluate
 
-    if split_key not in patches:
-        raise KeyError(f"patches has no {split_key!r} column; make one with kgl.tl.split_by_group.")
-    tr = patches[patches[split_key] == "train"]
-    va = patches[patches[split_key] == "val"]
+    tr, va = _check_inputs(patches, cfg)
+    patch_um = float(np.median(patches["patch_um"]))
+    dev = resolve_device(cfg.device)
+    amp = autocast_dtype(dev, cfg.precision)
+    if cfg.out is not None:
+        from kgl._utils import ensure_dir
+
+        ensure_dir(cfg.out, what="training outputs")
+    model = _build_model(cfg, patch_um=patch_um, device=dev)
+    data = _build_loaders(tr, va, cfg, device=dev)
+    fit = _build_optimizer(model, data, cfg, device=dev, amp=amp)
+    progress = _resume(cfg, fit, data) if cfg.resume else _Progress()
+
+    t_start = time.perf_counter()
+    for epoch in range(progress.start_epoch, cfg.epochs):
+        frozen = epoch < cfg.freeze_epochs
+        row = {"epoch": epoch + 1, **_train_one_epoch(fit, data, cfg, epoch=epoch, frozen=frozen, progress=progress)}
+        row.update(_evaluate(fit, data.val_loader))
+        row = {k: row[k] for k in _HISTORY_COLUMNS}
+        improved = progress.record(row, fit.model, cfg.select)
+        _log_epoch(row, improved)
+        if cfg.out is not None:
+            _save_state(cfg.out, fit, data, progress, epoch=epoch, select=cfg.select)
+        if progress.bad_epochs >= cfg.patience and not frozen:
+            logger.info("early stopping: no validation improvement for %d epochs", cfg.patience)
+            break
+    seconds = time.perf_counter() - t_start
+
+    result = _finalise(patches, cfg, fit, data, progress, patch_um=patch_um, seconds=seconds)
+    if cfg.out is not None:
+        from kgl.models import save_checkpoint
+
+        save_checkpoint(result.model, cfg.out / "best.pt")
+    return result
+
+
+def _check_inputs(patches: pd.DataFrame, cfg: TrainConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The training and validation rows of ``patches``, after checking the table and the settings."""
+    if cfg.split_key not in patches:
+        raise KeyError(f"patches has no {cfg.split_key!r} column; make one with kgl.tl.split_by_group.")
+    tr = patches[patches[cfg.split_key] == "train"]
+    va = patches[patches[cfg.split_key] == "val"]
     for nm, part in (("train", tr), ("val", va)):
         if len(part) == 0 or part["label"].nunique() < 2:
             raise ValueError(f"The {nm} split needs both classes; it has {part['label'].value_counts().to_dict()}.")
     if "group" in patches:
         from kgl.tl._split import check_no_leakage
 
-        check_no_leakage(patches, patches[split_key], group_key="group")
+        check_no_leakage(patches, patches[cfg.split_key], group_key="group")
     if (patches["label"] < 0).any():
         raise ValueError("patches contains ambiguous rows (label -1); sample with keep_ambiguous=False.")
-    for k, v in {"epochs": epochs, "batch_size": batch_size}.items():
+    for k, v in {"epochs": cfg.epochs, "batch_size": cfg.batch_size}.items():
         if int(v) != v or v < 1:
             raise ValueError(f"{k} must be a positive integer, got {v!r}.")
-    if select not in SELECT_RULES:
-        raise ValueError(f"select must be one of {SELECT_RULES}, got {select!r}.")
-    if balance not in ("sampler", "weights", None):
-        raise ValueError(f"balance must be 'sampler', 'weights' or None, got {balance!r}.")
-    patch_um = float(np.median(patches["patch_um"]))
-    dev = resolve_device(device)
-    amp = autocast_dtype(dev, precision)
-    out = Path(out_dir) if out_dir is not None else None
-    if out is not None:
-        from kgl._utils import ensure_dir
+    if cfg.select not in SELECT_RULES:
+        raise ValueError(f"select must be one of {SELECT_RULES}, got {cfg.select!r}.")
+    if cfg.balance not in ("sampler", "weights", None):
+        raise ValueError(f"balance must be 'sampler', 'weights' or None, got {cfg.balance!r}.")
+    return tr, va
 
-        ensure_dir(out, what="training outputs")
 
-    torch.manual_seed(seed)
-    model = build_model(backbone, weights=weights, patch_um=patch_um, input_size=input_size, seed=seed)
+def _build_model(cfg: TrainConfig, *, patch_um: float, device: Any) -> Any:
+    """The backbone with a new, seeded 2-class head, on ``device`` (channels-last)."""
+    import torch
+    from torch import nn
+
+    from kgl.models import build_model
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.backbone, weights=cfg.weights, patch_um=patch_um, input_size=cfg.input_size, seed=cfg.seed)
     nn.init.normal_(model.head.weight, std=0.01)
     nn.init.zeros_(model.head.bias)
-    model = model.to(dev, memory_format=torch.channels_last)
-    cfg = model.config
-    mean, std = normaliser(model.spec.preprocessing, dev)
+    return model.to(device, memory_format=torch.channels_last)
 
-    train_ds = PatchDataset(tr, size=input_size, augment=augment, train=True, scale_jitter=scale_jitter, seed=seed)
-    val_ds = PatchDataset(va, size=input_size, augment=augment, train=False, seed=seed)
+
+def _build_loaders(tr: pd.DataFrame, va: pd.DataFrame, cfg: TrainConfig, *, device: Any) -> _Data:
+    """Training loader (class-balanced sampling or shuffling, seeded) and validation loader."""
+    import torch
+    from torch.utils.data import DataLoader, WeightedRandomSampler
+
+    train_ds = PatchDataset(
+        tr, size=cfg.input_size, augment=cfg.augment, train=True, scale_jitter=cfg.scale_jitter, seed=cfg.seed
+    )
+    val_ds = PatchDataset(va, size=cfg.input_size, augment=cfg.augment, train=False, seed=cfg.seed)
     counts = np.bincount(train_ds.labels, minlength=2)
-    gen = torch.Generator().manual_seed(seed)
-    if balance == "sampler":
+    gen = torch.Generator().manual_seed(cfg.seed)
+    if cfg.balance == "sampler":
         w = (1.0 / counts)[train_ds.labels]
         sampler = WeightedRandomSampler(torch.as_tensor(w, dtype=torch.double), len(w), replacement=True, generator=gen)
         shuffle = None
     else:
         sampler, shuffle = None, True
     loader_kw = {
-        "num_workers": num_workers,
-        "collate_fn": _collate,
-        "pin_memory": dev.type == "cuda",
-        "persistent_workers": num_workers > 0,
+        "num_workers": cfg.num_workers,
+        "collate_fn": collate_patches,
+        "pin_memory": device.type == "cuda",
+        "persistent_workers": cfg.num_workers > 0,
     }
     train_loader = DataLoader(
         train_ds,
-        batch_size=batch_size,
+        batch_size=cfg.batch_size,
         sampler=sampler,
         shuffle=shuffle,
         generator=gen,
-        drop_last=len(train_ds) > batch_size,
+        drop_last=len(train_ds) > cfg.batch_size,
         **loader_kw,
     )
-    val_loader = DataLoader(val_ds, batch_size=batch_size * 2, shuffle=False, **loader_kw)
-    class_w = torch.tensor(counts.sum() / (2.0 * counts), dtype=torch.float32, device=dev)
-    criterion = nn.CrossEntropyLoss(weight=class_w if balance == "weights" else None)
-    head_params = list(model.head.parameters())
-    body_params = list(model.backbone.parameters())
-    optimizer = torch.optim.AdamW(
-        [{"params": head_params, "lr": lr}, {"params": body_params, "lr": lr * backbone_lr_factor}],
-        weight_decay=weight_decay,
-    )
-    steps = min(len(train_loader), max_batches_per_epoch or len(train_loader))
+    val_loader = DataLoader(val_ds, batch_size=cfg.batch_size * 2, shuffle=False, **loader_kw)
+    steps = min(len(train_loader), cfg.max_batches_per_epoch or len(train_loader))
+    return _Data(train_ds, train_loader, val_loader, gen, counts, steps)
+
+
+def _build_optimizer(model: Any, data: _Data, cfg: TrainConfig, *, device: Any, amp: Any) -> _Fit:
+    """Loss, AdamW (head at ``lr``, backbone at ``lr * backbone_lr_factor``), one-cycle schedule and grad scaler."""
+    import torch
+    from torch import nn
+
+    class_w = torch.tensor(data.counts.sum() / (2.0 * data.counts), dtype=torch.float32, device=device)
+    criterion = nn.CrossEntropyLoss(weight=class_w if cfg.balance == "weights" else None)
+    lrs = [cfg.lr, cfg.lr * cfg.backbone_lr_factor]
+    groups = [{"params": list(model.head.parameters()), "lr": lrs[0]}]
+    groups.append({"params": list(model.backbone.parameters()), "lr": lrs[1]})
+    optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=[lr, lr * backbone_lr_factor], total_steps=max(1, epochs * steps), pct_start=0.15
+        optimizer, max_lr=lrs, total_steps=max(1, cfg.epochs * data.steps), pct_start=0.15
     )
-    scaler = torch.amp.GradScaler(dev.type, enabled=amp == torch.float16)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
+    mean, std = normaliser(model.spec.preprocessing, device)
+    return _Fit(model, criterion, optimizer, scheduler, scaler, device, amp, mean, std)
 
-    history: list[dict[str, Any]] = []
-    start_epoch, best_key, best_epoch, bad_epochs = 0, (-np.inf, -np.inf), -1, 0
-    best_state: dict[str, Any] | None = None
-    if resume:
-        if out is None or not (out / "last.pt").exists():
-            raise FileNotFoundError(
-                f"resume=True but there is no {str(out / 'last.pt') if out else 'out_dir'} to resume from; pass the "
-                "out_dir of the interrupted run, or start afresh without resume=True."
-            )
-        import pickle
 
-        last = out / "last.pt"
-        try:
-            state = torch.load(last, map_location="cpu", weights_only=True)
-        except PermissionError:
-            raise
-        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as e:  # OSError: truncated
-            raise ValueError(
-                f"Cannot resume from {str(last)!r}: it does not load with weights_only=True (corrupt, or not written "
-                f"by kgl.tl.train). Delete it to start afresh, or use another out_dir. ({torch_error_summary(e)})"
-            ) from e
-        try:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            gen.set_state(state["generator"])
-            torch.set_rng_state(state["torch_rng"])
-            history = json.loads(state["history"])
-            start_epoch = int(state["epoch"]) + 1
-            best_epoch, bad_epochs = int(state["best_epoch"]), int(state["bad_epochs"])
-            best_key = tuple(state["best_key"].tolist())
-            best_state = state.get("best_model")
-            saved_select = state.get("select", "val_auroc")  # runs before select= existed kept the ROC-AUC
-        except (KeyError, TypeError, ValueError, RuntimeError) as e:
-            raise ValueError(
-                f"Cannot resume from {str(last)!r}: it belongs to a run with other settings (backbone, input size, "
-                f"epochs, ...) or is incomplete ({torch_error_summary(e)}). Resume with the arguments of the "
-                "interrupted run, or use another out_dir."
-            ) from e
-        if saved_select != select:  # its best_key orders epochs by the other rule: comparisons would be wrong
-            raise ValueError(
-                f"Cannot resume from {str(last)!r} with select={select!r}: that run kept epochs by "
-                f"select={saved_select!r}. Resume with select={saved_select!r}, or use another out_dir."
-            )
-        logger.info("resuming %s from epoch %d", out / "last.pt", start_epoch)
+def _resume(cfg: TrainConfig, fit: _Fit, data: _Data) -> _Progress:
+    """Restore weights, optimizer, schedule, random streams and progress from ``out_dir/last.pt``."""
+    import pickle
 
-    t_start = time.perf_counter()
-    step_loss: list[float] = []
-    for epoch in range(start_epoch, epochs):
-        frozen = epoch < freeze_epochs
-        for p in body_params:
-            p.requires_grad_(not frozen)
-        model.train()
-        if frozen:
-            model.backbone.eval()  # frozen BatchNorm statistics too
-        train_ds.set_epoch(epoch)
-        tot_loss, tot_correct, tot_n = 0.0, 0, 0
-        t0 = time.perf_counter()
-        bar = tqdm(
-            train_loader,
-            total=steps,
-            desc=f"epoch {epoch + 1}/{epochs}" + (" (head only)" if frozen else ""),
-            disable=not show_progress,
-            unit="batch",
+    import torch
+
+    from kgl._utils import torch_error_summary
+
+    out = cfg.out
+    if out is None or not (out / "last.pt").exists():
+        raise FileNotFoundError(
+            f"resume=True but there is no {str(out / 'last.pt') if out else 'out_dir'} to resume from; pass the "
+            "out_dir of the interrupted run, or start afresh without resume=True."
         )
-        for b, (x, y) in enumerate(bar):
-            if b >= steps:
-                break
-            x = normalise_uint8(x.to(dev, non_blocking=True), mean, std)
-            y = y.to(dev, non_blocking=True)
-            with torch.autocast(dev.type, dtype=amp or torch.float32, enabled=amp is not None):
-                logits = model(x)
-                loss = criterion(logits.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            n = len(y)
-            step_loss.append(float(loss.detach()))
-            tot_loss += step_loss[-1] * n
-            tot_correct += int((logits.argmax(1) == y).sum())
-            tot_n += n
-            bar.set_postfix(loss=f"{tot_loss / tot_n:.3f}")
-        train_time = time.perf_counter() - t0
-        val_logits, val_y = _run_eval(model, val_loader, device=dev, amp=amp, mean=mean, std=std)
-        val_p = calibrated_proba(val_logits)
-        val_loss = float(nn.functional.cross_entropy(torch.from_numpy(val_logits), torch.from_numpy(val_y)))
-        m = evaluate(val_y, val_p, threshold=0.5)
-        row = {
-            "epoch": epoch + 1,
-            "train_loss": tot_loss / max(tot_n, 1),
-            "train_acc": tot_correct / max(tot_n, 1),
-            "val_loss": val_loss,
-            "val_acc": m["accuracy"],
-            "val_auroc": m["roc_auc"],
-            "val_f1": m["f1"],
-            "frozen_backbone": frozen,
-            "train_patches": tot_n,
-            "train_s": train_time,
-            "patches_per_s": tot_n / max(train_time, 1e-9),
-        }
-        history.append(row)
-        auroc = float(np.nan_to_num(m["roc_auc"], nan=-1.0))
-        neg_loss = -val_loss if np.isfinite(val_loss) else -np.inf  # a NaN loss never wins, never blocks
-        key = (auroc, neg_loss) if select == "val_auroc" else (neg_loss, auroc)
-        improved = key > best_key or best_state is None  # the first epoch always counts
-        if improved:
-            best_key, best_epoch, bad_epochs = key, epoch + 1, 0
-            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        else:
-            bad_epochs += 1
-        logger.info(
-            "epoch %d: train loss %.4f acc %.3f | val loss %.4f acc %.3f AUROC %.4f | %.0f patches/s%s",
-            epoch + 1,
-            row["train_loss"],
-            row["train_acc"],
-            val_loss,
-            m["accuracy"],
-            m["roc_auc"],
-            row["patches_per_s"],
-            " *" if improved else "",
+    last = out / "last.pt"
+    try:
+        state = torch.load(last, map_location="cpu", weights_only=True)
+    except PermissionError:
+        raise
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as e:  # OSError: truncated
+        raise ValueError(
+            f"Cannot resume from {str(last)!r}: it does not load with weights_only=True (corrupt, or not written "
+            f"by kgl.tl.train). Delete it to start afresh, or use another out_dir. ({torch_error_summary(e)})"
+        ) from e
+    try:
+        fit.model.load_state_dict(state["model"])
+        fit.optimizer.load_state_dict(state["optimizer"])
+        fit.scheduler.load_state_dict(state["scheduler"])
+        data.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        progress = _Progress(
+            history=json.loads(state["history"]),
+            start_epoch=int(state["epoch"]) + 1,
+            best_key=tuple(state["best_key"].tolist()),
+            best_epoch=int(state["best_epoch"]),
+            bad_epochs=int(state["bad_epochs"]),
+            best_state=state.get("best_model"),
         )
-        if out is not None:
-            _save_state(
-                out,
-                model,
-                optimizer,
-                scheduler,
-                gen,
-                history,
-                epoch,
-                best_epoch,
-                bad_epochs,
-                best_key,
-                best_state,
-                select,
-            )
-            _write_history(out, history)
-        if bad_epochs >= patience and not frozen:
-            logger.info("early stopping: no validation improvement for %d epochs", patience)
+        saved_select = state.get("select", "val_auroc")  # runs before select= existed kept the ROC-AUC
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise ValueError(
+            f"Cannot resume from {str(last)!r}: it belongs to a run with other settings (backbone, input size, "
+            f"epochs, ...) or is incomplete ({torch_error_summary(e)}). Resume with the arguments of the "
+            "interrupted run, or use another out_dir."
+        ) from e
+    if saved_select != cfg.select:  # its best_key orders epochs by the other rule: comparisons would be wrong
+        raise ValueError(
+            f"Cannot resume from {str(last)!r} with select={cfg.select!r}: that run kept epochs by "
+            f"select={saved_select!r}. Resume with select={saved_select!r}, or use another out_dir."
+        )
+    logger.info("resuming %s from epoch %d", last, progress.start_epoch)
+    return progress
+
+
+def _train_one_epoch(
+    fit: _Fit, data: _Data, cfg: TrainConfig, *, epoch: int, frozen: bool, progress: _Progress
+) -> dict[str, Any]:
+    """One pass over the training loader (head only while ``frozen``); appends each step's loss to ``progress``."""
+    import torch
+    from tqdm.auto import tqdm
+
+    model, dev, amp = fit.model, fit.device, fit.amp
+    for p in model.backbone.parameters():
+        p.requires_grad_(not frozen)
+    model.train()
+    if frozen:
+        model.backbone.eval()  # frozen BatchNorm statistics too
+    data.train_ds.set_epoch(epoch)
+    tot_loss, tot_correct, tot_n = 0.0, 0, 0
+    t0 = time.perf_counter()
+    bar = tqdm(
+        data.train_loader,
+        total=data.steps,
+        desc=f"epoch {epoch + 1}/{cfg.epochs}" + (" (head only)" if frozen else ""),
+        disable=not cfg.show_progress,
+        unit="batch",
+    )
+    for b, (x, y) in enumerate(bar):
+        if b >= data.steps:
             break
+        x = normalise_uint8(x.to(dev, non_blocking=True), fit.mean, fit.std)
+        y = y.to(dev, non_blocking=True)
+        with torch.autocast(dev.type, dtype=amp or torch.float32, enabled=amp is not None):
+            logits = model(x)
+            loss = fit.criterion(logits.float(), y)
+        fit.optimizer.zero_grad(set_to_none=True)
+        fit.scaler.scale(loss).backward()
+        fit.scaler.step(fit.optimizer)
+        fit.scaler.update()
+        fit.scheduler.step()
+        n = len(y)
+        progress.step_loss.append(float(loss.detach()))
+        tot_loss += progress.step_loss[-1] * n
+        tot_correct += int((logits.argmax(1) == y).sum())
+        tot_n += n
+        bar.set_postfix(loss=f"{tot_loss / tot_n:.3f}")
+    train_time = time.perf_counter() - t0
+    return {
+        "train_loss": tot_loss / max(tot_n, 1),
+        "train_acc": tot_correct / max(tot_n, 1),
+        "frozen_backbone": frozen,
+        "train_patches": tot_n,
+        "train_s": train_time,
+        "patches_per_s": tot_n / max(train_time, 1e-9),
+    }
 
-    seconds = time.perf_counter() - t_start
-    model.load_state_dict(best_state)
-    val_logits, val_y = _run_eval(model, val_loader, device=dev, amp=amp, mean=mean, std=std)
+
+def _evaluate(fit: _Fit, loader: Any) -> dict[str, float]:
+    """Validation pass of an epoch: cross-entropy; accuracy, ROC-AUC, F1 of the uncalibrated probability at 0.5."""
+    import torch
+    from torch import nn
+
+    from kgl.tl._evaluate import evaluate
+
+    logits, labels = run_eval(fit.model, loader, device=fit.device, amp=fit.amp, mean=fit.mean, std=fit.std)
+    val_loss = float(nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels)))
+    m = evaluate(labels, calibrated_proba(logits), threshold=0.5)
+    return {"val_loss": val_loss, "val_acc": m["accuracy"], "val_auroc": m["roc_auc"], "val_f1": m["f1"]}
+
+
+def _log_epoch(row: dict[str, Any], improved: bool) -> None:
+    logger.info(
+        "epoch %d: train loss %.4f acc %.3f | val loss %.4f acc %.3f AUROC %.4f | %.0f patches/s%s",
+        row["epoch"],
+        row["train_loss"],
+        row["train_acc"],
+        row["val_loss"],
+        row["val_acc"],
+        row["val_auroc"],
+        row["patches_per_s"],
+        " *" if improved else "",
+    )
+
+
+def _finalise(
+    patches: pd.DataFrame,
+    cfg: TrainConfig,
+    fit: _Fit,
+    data: _Data,
+    progress: _Progress,
+    *,
+    patch_um: float,
+    seconds: float,
+) -> TrainResult:
+    """The best epoch's model, Platt-calibrated on validation, with threshold, metrics and recipe in its config."""
+    import torch
+
+    from kgl.tl._evaluate import choose_threshold, evaluate
+
+    model = fit.model
+    model.load_state_dict(progress.best_state)
+    val_logits, val_y = run_eval(model, data.val_loader, device=fit.device, amp=fit.amp, mean=fit.mean, std=fit.std)
     calibration = fit_calibration(val_logits, val_y)
     val_p = calibrated_proba(val_logits, **calibration)
     threshold = choose_threshold(val_y, val_p, metric="f1")
-    hist = pd.DataFrame(history)
-    hist["best"] = hist["epoch"] == best_epoch
+    hist = pd.DataFrame(progress.history)
+    hist["best"] = hist["epoch"] == progress.best_epoch
     model.config.update(
         {
-            "name": name,
+            "name": cfg.name,
             "head_trained": True,
-            "greyscale": augment == "grey",  # inference must see grey patches too (classify_spots applies it)
+            "greyscale": cfg.augment == "grey",  # inference must see grey patches too (classify_spots applies it)
             **calibration,
             "threshold": threshold,
             "training": {
-                "recipe": {
-                    "backbone": backbone,
-                    "weights": cfg.get("weights"),
-                    "input_size": input_size,
-                    "patch_um": patch_um,
-                    "epochs": epochs,
-                    "batch_size": batch_size,
-                    "lr": lr,
-                    "backbone_lr_factor": backbone_lr_factor,
-                    "weight_decay": weight_decay,
-                    "freeze_epochs": freeze_epochs,
-                    "balance": balance,
-                    "augment": augment,
-                    "scale_jitter": list(scale_jitter),
-                    "patience": patience,
-                    "select": select,
-                    "seed": seed,
-                    "max_batches_per_epoch": max_batches_per_epoch,
-                },
-                "epochs_run": len(history),
-                "best_epoch": best_epoch,
+                "recipe": cfg.recipe(weights=model.config.get("weights"), patch_um=patch_um),
+                "epochs_run": len(progress.history),
+                "best_epoch": progress.best_epoch,
                 "seconds": seconds,
-                "device": str(dev),
-                "class_counts": _class_counts(patches, split_key),
+                "device": str(fit.device),
+                "class_counts": _class_counts(patches, cfg.split_key),
             },
             "metrics": {"val": evaluate(val_y, val_p, threshold=threshold)},
-            **(extra_config or {}),
+            **(cfg.extra_config or {}),
         }
     )
     model = model.cpu().to(memory_format=torch.contiguous_format)
-    if out is not None:
-        save_checkpoint(model, out / "best.pt")
-        try:
-            import matplotlib.pyplot as plt
-
-            from kgl.pl import training_curves
-
-            axes = training_curves(hist, save=out / "curves.png")
-            plt.close(axes[0].figure)  # only the file: an open figure would pop up in notebooks and accumulate
-        except ImportError:  # pragma: no cover - plotting is optional here
-            pass
-    return TrainResult(model, hist, best_epoch, out, val_p, val_y, seconds, np.asarray(step_loss))
+    step_loss = np.asarray(progress.step_loss)
+    return TrainResult(model, hist, progress.best_epoch, cfg.out, val_p, val_y, seconds, step_loss)
 
 
 def _class_counts(patches: pd.DataFrame, split_key: str) -> dict[str, dict[str, int]]:
@@ -649,38 +625,26 @@ def _write_history(out: Path, history: Sequence[dict[str, Any]]) -> None:
         pd.DataFrame(history).to_csv(tmp, index=False)
 
 
-def _save_state(
-    out: Path,
-    model: Any,
-    optimizer: Any,
-    scheduler: Any,
-    gen: Any,
-    history: list,
-    epoch: int,
-    best_epoch: int,
-    bad_epochs: int,
-    best_key: tuple,
-    best_state: Any,
-    select: str,
-) -> None:
-    """Resumable state, loadable with ``weights_only=True`` (tensors, numbers, strings only)."""
+def _save_state(out: Path, fit: _Fit, data: _Data, progress: _Progress, *, epoch: int, select: str) -> None:
+    """``last.pt`` (resumable, loads with ``weights_only=True``: tensors, numbers, strings) and ``history.csv``."""
     import torch
 
     from kgl._utils import atomic_path
 
     state = {
-        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "generator": gen.get_state(),
+        "model": {k: v.detach().cpu() for k, v in fit.model.state_dict().items()},
+        "optimizer": fit.optimizer.state_dict(),
+        "scheduler": fit.scheduler.state_dict(),
+        "generator": data.generator.get_state(),
         "torch_rng": torch.get_rng_state(),  # dropout draws
-        "history": json.dumps(history),
+        "history": json.dumps(progress.history),
         "epoch": epoch,
-        "best_epoch": best_epoch,
-        "bad_epochs": bad_epochs,
-        "best_key": torch.tensor(best_key, dtype=torch.float64),
-        "best_model": best_state,
+        "best_epoch": progress.best_epoch,
+        "bad_epochs": progress.bad_epochs,
+        "best_key": torch.tensor(progress.best_key, dtype=torch.float64),
+        "best_model": progress.best_state,
         "select": select,
     }
     with atomic_path(out / "last.pt") as tmp:
         torch.save(state, tmp)
+    _write_history(out, progress.history)
