@@ -178,9 +178,9 @@ def classify_run(adata: object, model: object) -> tuple[float, float]:
 def train_patches_per_s(n_batches: int = 6) -> tuple[float, float]:
     """Training throughput of the default recipe (fine-tuning epoch, its real training patches): patches/s, s/epoch."""
     import kgl
-    from kgl.tl._recipe import _split_patches, _with_he  # the recipe's own patch table, as kgl train builds it
+    from kgl.recipes._train import _split_patches, _with_he  # the recipe's own patch table, as kgl train builds it
 
-    rec = kgl.tl.DEFAULT_RECIPE
+    rec = kgl.recipes.DEFAULT_RECIPE
     patches = _split_patches(kgl.datasets.multistain_slides(), patch_um=rec["patch_um"], seed=0)
     if rec.get("he_repeat", 0):  # the recipe's H&E patches in the training split, repeated
         try:

@@ -10,7 +10,7 @@ from kgl._cli import main
 def test_import_kgl_does_not_import_torch():
     code = (
         "import sys, kgl; kgl.io; kgl.im; kgl.tl; kgl.pl; kgl.datasets; kgl.models.REGISTRY; "
-        "kgl.models.DEFAULT_MODEL; kgl.tl.DEFAULT_RECIPE; "
+        "kgl.models.DEFAULT_MODEL; kgl.recipes.DEFAULT_RECIPE; "
         "assert 'torch' not in sys.modules, 'torch imported'; "
         "kgl.models.GlomClassifier; assert 'torch' in sys.modules"
     )

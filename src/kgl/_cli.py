@@ -303,7 +303,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if v is not None
     }
     t0 = time.perf_counter()
-    path = kgl.tl.train_default_model(
+    path = kgl.recipes.train_default_model(
         args.out,
         name=args.name,
         install=not args.no_install,
@@ -337,7 +337,7 @@ def _cmd_evaluate_recipe(args: argparse.Namespace) -> int:
     names += ("he_repeat",)
     recipe = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     t0 = time.perf_counter()
-    rows = kgl.tl.evaluate_recipe(
+    rows = kgl.recipes.evaluate_recipe(
         recipe,
         seeds=args.seeds,
         out_dir=out,
@@ -347,7 +347,7 @@ def _cmd_evaluate_recipe(args: argparse.Namespace) -> int:
         resume=args.resume,
         device=args.device,
     )
-    summary = kgl.tl.summarise_protocol(rows)
+    summary = kgl.recipes.summarise_protocol(rows)
     with atomic_path(out / "summary.csv") as f:
         summary.to_csv(f, index=False)
     print(f"recipe: {rows.attrs['recipe']}")
@@ -376,7 +376,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             kgl.models.fetch_model(args.model)
         except FileNotFoundError:
             print(f"model {args.model!r} is not cached: training it first (kgl train --name {args.model})")
-            kgl.tl.train_default_model(name=args.model, show_progress=not args.quiet)
+            kgl.recipes.train_default_model(name=args.model, show_progress=not args.quiet)
     t0 = time.perf_counter()
     adata = kgl.datasets.pas_tiles_visium()
     print(f"pseudo-Visium from the PAS tiles: {adata.n_obs} spots ({time.perf_counter() - t0:.1f} s)")

@@ -341,3 +341,33 @@ def spot_coverage(xy: np.ndarray, polygons: Sequence[Any], radius: float, *, qua
         inter = shapely.intersection(disks[hit], union)
         cov[hit] = shapely.area(inter) / shapely.area(disks[hit])
     return np.clip(cov, 0.0, 1.0)
+
+
+_POLYGONAL_TYPES = ("Polygon", "MultiPolygon")
+
+
+def polygonal_part(geom: Any) -> Any:
+    """The polygonal part of ``geom`` as a (Multi)Polygon, or ``None`` when it has none."""
+    import shapely
+    from shapely.geometry import MultiPolygon
+
+    if geom is None or geom.is_empty:
+        return None
+    if geom.geom_type in _POLYGONAL_TYPES:
+        return geom
+    if geom.geom_type != "GeometryCollection":
+        return None
+    polys = []
+    for part in shapely.get_parts(geom):
+        if part.geom_type == "Polygon" and not part.is_empty:
+            polys.append(part)
+        elif part.geom_type in ("MultiPolygon", "GeometryCollection"):
+            sub = polygonal_part(part)
+            if sub is not None:
+                polys.extend(shapely.get_parts(sub))
+    if not polys:
+        return None
+    if len(polys) == 1:
+        return polys[0]
+    multi = MultiPolygon(polys)
+    return multi if multi.is_valid else polygonal_part(shapely.union_all(polys))

@@ -82,7 +82,7 @@ def multistain_slides(*, target_glom_diameter_um: float = 200.0) -> pd.DataFrame
     ``width`` and ``height`` (px). ``attrs["target_glom_diameter_um"]`` records the assumption.
 
     """
-    from kgl.io._annotations import read_coco
+    from kgl.io import read_coco
 
     if not (np.isfinite(target_glom_diameter_um) and target_glom_diameter_um > 0):
         raise ValueError(f"target_glom_diameter_um must be a positive number, got {target_glom_diameter_um!r}.")
@@ -148,7 +148,7 @@ def pas_tiles_slides() -> pd.DataFrame:
     """
     from PIL import Image
 
-    from kgl.io._annotations import read_mask
+    from kgl.io import read_mask
 
     root = data_dir("glomeruli-pas-tiles")
     imgs = sorted((root / "images").glob("*.png"))
@@ -196,7 +196,7 @@ def he_biopsy_slides() -> pd.DataFrame:
     and ``mpp_source`` ``"scale bar"``.
 
     """
-    from kgl.io._annotations import read_geojson
+    from kgl.io import read_geojson
 
     root = data_dir("glomeruli-he-biopsy")
     meta = json.loads((root / "mpp.json").read_text(encoding="utf-8"))

@@ -111,7 +111,8 @@ def _annotation_polygons(ann: Any, shape: tuple[int, int], i: int, image: Any = 
     import shapely
     from shapely.geometry.base import BaseGeometry
 
-    from kgl.io._annotations import _polygonal_part, mask_to_polygons
+    from kgl._geometry import polygonal_part
+    from kgl.io import mask_to_polygons
 
     if isinstance(ann, (str, os.PathLike)):
         ann = _read_annotation_file(Path(ann), i, image)
@@ -143,10 +144,10 @@ def _annotation_polygons(ann: Any, shape: tuple[int, int], i: int, image: Any = 
     frame = shapely.box(-0.5, -0.5, w - 0.5, h - 0.5)
     out, outside, n_in = [], [], 0
     for g in geoms:
-        g = _polygonal_part(g if g.is_valid else shapely.make_valid(g))
+        g = polygonal_part(g if g.is_valid else shapely.make_valid(g))
         if g is None:
             continue
-        clipped = _polygonal_part(shapely.intersection(g, frame))
+        clipped = polygonal_part(shapely.intersection(g, frame))
         if clipped is None:
             outside.append(g)
         else:
@@ -511,7 +512,7 @@ def pas_tiles_visium(*, seed: int = 0, **kwargs: Any) -> Any:
 
     """
     from kgl.datasets._fetch import data_dir
-    from kgl.io._annotations import read_mask
+    from kgl.io import read_mask
 
     root = data_dir("glomeruli-pas-tiles")
     imgs = sorted((root / "images").glob("*.png"))

@@ -19,6 +19,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from kgl._geometry import polygonal_part
 from kgl._logging import logger
 
 __all__ = ["mask_to_polygons", "read_coco", "read_geojson", "read_mask"]
@@ -30,33 +31,6 @@ _POLYGONAL = ("Polygon", "MultiPolygon")
 # ---------------------------------------------------------------------------------------------
 # geometry helpers
 # ---------------------------------------------------------------------------------------------
-def _polygonal_part(geom: Any) -> Any:
-    """The polygonal part of ``geom`` as a (Multi)Polygon, or ``None`` when it has none."""
-    import shapely
-    from shapely.geometry import MultiPolygon
-
-    if geom is None or geom.is_empty:
-        return None
-    if geom.geom_type in _POLYGONAL:
-        return geom
-    if geom.geom_type != "GeometryCollection":
-        return None
-    polys = []
-    for part in shapely.get_parts(geom):
-        if part.geom_type == "Polygon" and not part.is_empty:
-            polys.append(part)
-        elif part.geom_type in ("MultiPolygon", "GeometryCollection"):
-            sub = _polygonal_part(part)
-            if sub is not None:
-                polys.extend(shapely.get_parts(sub))
-    if not polys:
-        return None
-    if len(polys) == 1:
-        return polys[0]
-    multi = MultiPolygon(polys)
-    return multi if multi.is_valid else _polygonal_part(shapely.union_all(polys))
-
-
 class _Cleaner:
     """Repair/drop geometries and summarise what happened in one warning per reader call."""
 
@@ -77,7 +51,7 @@ class _Cleaner:
         if not geom.is_valid:
             self.repaired += 1
             geom = shapely.make_valid(geom)
-        poly = _polygonal_part(geom)
+        poly = polygonal_part(geom)
         if poly is None:
             self.dropped["empty" if geom.is_empty else f"{geom.geom_type} without area"] += 1
         return poly
@@ -423,7 +397,7 @@ def mask_to_polygons(mask: np.ndarray, *, min_area: float = 0.0) -> list[Any]:
             child = hier[child, 0]
         poly = Polygon(_corner_ring(c), holes)
         if not poly.is_valid:  # rings touching themselves at a corner (diagonal pixels)
-            poly = _polygonal_part(shapely.make_valid(poly))
+            poly = polygonal_part(shapely.make_valid(poly))
             if poly is None:
                 continue
         polys.extend(shapely.get_parts(shapely.simplify(poly, 0.0)))

@@ -11,7 +11,7 @@ from kgl.models._registry import REGISTRY, ModelEntry, available_models, fetch_m
 from kgl.models._resolve import DEFAULT_MODEL, resolve_model
 
 # Names from kgl.models._model load torch: they are imported on first access, so the registry (and
-# kgl.tl.DEFAULT_RECIPE, which reads it) stay torch-free.
+# kgl.recipes.DEFAULT_RECIPE, which reads it) stay torch-free.
 _TORCH_NAMES = {
     "CLASS_NAMES",
     "DEFAULT_WEIGHTS",

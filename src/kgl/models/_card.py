@@ -191,7 +191,7 @@ def _training_section(t: Mapping[str, Any]) -> list[str]:
         rows2["epochs run"] = t.get("epochs_run", t.get("epochs"))
     if "best_epoch" in t:
         rows2["best epoch (checkpoint kept)"] = t["best_epoch"]
-    if "seconds" in t:  # kgl.tl.train's epochs; kgl.tl.train_default_model adds the patch preparation
+    if "seconds" in t:  # kgl.tl.train's epochs; kgl.recipes.train_default_model adds the patch preparation
         rows2["training time"] = _duration(t["seconds"])
     if "total_seconds" in t:
         rows2["training time with data preparation"] = _duration(t["total_seconds"])
@@ -299,7 +299,7 @@ def _protocol_section(proto: Mapping[str, Any]) -> list[str]:
     seeds = proto.get("seeds")
     intro = (
         "The recipe, not this run: trained once per seed with each H&E case left out in turn and tested on data "
-        "never trained on (`kgl.tl.evaluate_recipe`); mean ± sd over "
+        "never trained on (`kgl.recipes.evaluate_recipe`); mean ± sd over "
         + (f"{len(seeds)} seeds ({', '.join(str(x) for x in seeds)})" if isinstance(seeds, Sequence) else "seeds")
         + (f", {_cell(str(proto['machine']))}" if proto.get("machine") else "")
         + ". Validation threshold and calibration; spots with 0 < coverage < 0.5 left out."

@@ -27,10 +27,10 @@ class ModelEntry:
     description
         One line for listings.
     recipe
-        The training recipe (:func:`kgl.tl.train_default_model` entries) that produces this model,
+        The training recipe (:func:`kgl.recipes.train_default_model` entries) that produces this model,
         like torchvision's weights enums carry their transforms: ``kgl train --name NAME`` rebuilds it.
     protocol
-        The recipe's leave-one-case-out evaluation (:func:`kgl.tl.evaluate_recipe`, mean ± sd over
+        The recipe's leave-one-case-out evaluation (:func:`kgl.recipes.evaluate_recipe`, mean ± sd over
         seeds, per held-out set), copied into the model card: the model itself trains on every case.
 
     """
@@ -93,7 +93,7 @@ _PROTOCOL_V2: dict[str, Any] = {
     },
 }
 
-#: Trained glomerulus models, produced by ``kgl train --name NAME`` (kgl.tl.train_default_model with the
+#: Trained glomerulus models, produced by ``kgl train --name NAME`` (kgl.recipes.train_default_model with the
 #: entry's recipe) into the model cache; not hosted yet (``url=None``), so online users train them once too.
 REGISTRY: dict[str, ModelEntry] = {
     "kgl-glom-v1": ModelEntry(
@@ -139,7 +139,7 @@ def fetch_model(name: str) -> Path:
     if entry.url is None:
         raise FileNotFoundError(
             f"Model {name!r} is not in the model cache ({str(local)!r}) and not published for download yet. "
-            f"Train it on this machine with `kgl train --name {name}` (kgl.tl.train_default_model(name={name!r}); "
+            f"Train it on this machine with `kgl train --name {name}` (kgl.recipes.train_default_model(name={name!r}); "
             "minutes on a 2-core CPU, see docs/training.md), or pass a checkpoint path / torchvision backbone as "
             "model=."
         )

@@ -143,7 +143,7 @@ def review_gallery(
 
     from kgl._utils import class_colors
     from kgl._validators import check_int, one_library, select_spots
-    from kgl.im._spots import SpotPatchDataset, spot_sets
+    from kgl.im import SpotPatchDataset, spot_sets
     from kgl.pl._eval import _save
 
     n = check_int(n, "n", what="tiles per row")

@@ -407,7 +407,7 @@ def classify_spots(
         "library_id": list(per_lib),
         "libraries": per_lib,
         "kgl_version": __version__,
-        # which H&E cases the model saw in training (kgl.tl.train_default_model with he_repeat > 0)
+        # which H&E cases the model saw in training (kgl.recipes.train_default_model with he_repeat > 0)
         "training_he_cases": list((spec.extra.get("training_data") or {}).get("he_biopsy", {}).get("cases", [])),
     }
 

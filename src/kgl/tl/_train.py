@@ -275,7 +275,7 @@ def train(
         Folder for ``best.pt`` (kgl checkpoint of the best epoch), ``last.pt`` (resumable state) and
         ``history.csv``; written atomically. ``None``: nothing written. No plot is drawn here: draw
         the curves with ``kgl.pl.training_curves(result.history, save=...)`` (as
-        :func:`kgl.tl.train_default_model` does).
+        :func:`kgl.recipes.train_default_model` does).
     resume
         Continue from ``out_dir/last.pt``.
     name

@@ -10,7 +10,7 @@ def test_default_recipe_quick_installs_where_classify_finds_it(shared_data, mobi
     monkeypatch.setattr(settings, "cachedir", tmp_path / "cache")
     with pytest.raises(FileNotFoundError, match="kgl train"):
         kgl.models.fetch_model("kgl-glom-v2")
-    path = kgl.tl.train_default_model(
+    path = kgl.recipes.train_default_model(
         tmp_path / "work", max_patches_per_split=60, epochs=1, input_size=64, show_progress=False, device="cpu"
     )
     assert path == tmp_path / "cache" / "models" / "kgl-glom-v2.pt"
@@ -40,7 +40,7 @@ def test_each_registered_model_carries_its_recipe():
     from kgl.models import DEFAULT_MODEL, REGISTRY
 
     assert DEFAULT_MODEL == "kgl-glom-v2"
-    assert kgl.tl.DEFAULT_RECIPE == dict(REGISTRY[DEFAULT_MODEL].recipe)
+    assert kgl.recipes.DEFAULT_RECIPE == dict(REGISTRY[DEFAULT_MODEL].recipe)
     v1, v2 = REGISTRY["kgl-glom-v1"].recipe, REGISTRY["kgl-glom-v2"].recipe
     assert (v1["input_size"], v1["he_repeat"]) == (224, 0)  # the Masson/PASM/PAS-only model, as it was shipped
     assert (v2["input_size"], v2["he_repeat"]) == (112, 3)
@@ -61,5 +61,5 @@ def test_default_recipe_without_the_he_set_says_how_to_train_without_it(shared_d
 
     monkeypatch.setattr(kgl.datasets, "he_biopsy_slides", missing)
     with pytest.raises(FileNotFoundError, match=r"(?s)trains on the H&E biopsy set.*kgl train --name kgl-glom-v1"):
-        kgl.tl.train_default_model(tmp_path / "work", max_patches_per_split=30, show_progress=False, device="cpu")
+        kgl.recipes.train_default_model(tmp_path / "work", max_patches_per_split=30, show_progress=False, device="cpu")
     assert not (tmp_path / "work").exists() and not (tmp_path / "cache" / "models").exists()  # nothing written

@@ -13,7 +13,7 @@ import pandas as pd
 
 from kgl._logging import logger
 from kgl.models import DEFAULT_MODEL, REGISTRY
-from kgl.tl._predict import evaluate_patches
+from kgl.tl import evaluate_patches
 
 __all__ = ["DEFAULT_RECIPE", "train_default_model"]
 
@@ -23,7 +23,7 @@ __all__ = ["DEFAULT_RECIPE", "train_default_model"]
 #: 110-µm patches at 112 px, stain + colour augmentation, class-balanced sampling, 1 head-only epoch
 #: then 3 fine-tuning epochs, the epoch with the lowest validation loss kept, and the H&E biopsy
 #: patches (:func:`kgl.datasets.he_biopsy_slides`) repeated ``he_repeat`` = 3 times in the training
-#: split. Chosen with :func:`kgl.tl.evaluate_recipe` (leave one H&E case out, PAS tiles of another
+#: split. Chosen with :func:`kgl.recipes.evaluate_recipe` (leave one H&E case out, PAS tiles of another
 #: site, held-out biopsies; 3 seeds): see docs/training.md.
 DEFAULT_RECIPE: dict[str, Any] = dict(REGISTRY[DEFAULT_MODEL].recipe)
 
@@ -153,10 +153,8 @@ def train_default_model(
     """
     import kgl
     from kgl._settings import settings
-    from kgl.models import save_checkpoint
-    from kgl.models._registry import model_dir
-    from kgl.tl._evaluate import evaluate, evaluate_spots
-    from kgl.tl._train import train
+    from kgl.models import model_dir, save_checkpoint
+    from kgl.tl import evaluate, evaluate_spots, train
 
     unknown = set(overrides) - set(DEFAULT_RECIPE)
     if unknown:

@@ -1,6 +1,6 @@
 """The evaluation protocol every recipe choice is made with: seeds × held-out sets × adaptations.
 
-For a recipe (:data:`kgl.tl.DEFAULT_RECIPE` plus ``he_repeat``), train with several seeds and
+For a recipe (:data:`kgl.recipes.DEFAULT_RECIPE` plus ``he_repeat``), train with several seeds and
 measure, per seed, on data never trained on:
 
 - the held-out multistain biopsies (patch level; the split is by biopsy);
@@ -52,8 +52,7 @@ def _spot_rows(
     model: Any, adata: AnnData, *, device: Any, tta: Sequence[str] = ("plain",), base: dict[str, Any]
 ) -> list[dict[str, Any]]:
     """Classify a pseudo-Visium with each test-time variant and score each threshold rule against its coverage."""
-    from kgl.tl._classify import apply_threshold_rule, classify_spots
-    from kgl.tl._evaluate import evaluate
+    from kgl.tl import apply_threshold_rule, classify_spots, evaluate
 
     cov = adata.obs["glomerulus_coverage"].to_numpy(dtype=float)
     keep = (cov >= 0.5) | (cov == 0)  # ambiguous spots (0 < coverage < 0.5) are left out
@@ -90,7 +89,7 @@ def evaluate_recipe(
     Parameters
     ----------
     recipe
-        Entries overriding :data:`kgl.tl.DEFAULT_RECIPE`; its ``he_repeat`` says how many times
+        Entries overriding :data:`kgl.recipes.DEFAULT_RECIPE`; its ``he_repeat`` says how many times
         the training case's H&E patches are repeated in the training split (0: no H&E in training;
         default: the default recipe's).
     seeds
@@ -123,8 +122,8 @@ def evaluate_recipe(
     import tempfile
 
     import kgl
-    from kgl.tl._recipe import DEFAULT_RECIPE, _split_patches, _with_he, evaluate_patches
-    from kgl.tl._train import train
+    from kgl.recipes._train import DEFAULT_RECIPE, _split_patches, _with_he
+    from kgl.tl import evaluate_patches, train
 
     recipe = dict(recipe or {})
     he_repeat = int(recipe.pop("he_repeat", DEFAULT_RECIPE["he_repeat"]))

@@ -1,0 +1,20 @@
+"""Recipes: kgl's shipped training recipe and the protocol that chose it.
+
+Application code over the rooms, as torchvision's ``references/``, but importable: it drives
+:mod:`kgl.datasets` (the training and test sets), :mod:`kgl.tl` (training, classification,
+metrics) and :mod:`kgl.pl` (the figures of a run). No room imports it; ``kgl train`` and
+``kgl evaluate-recipe`` call it.
+"""
+
+from kgl.recipes._protocol import HE_CASES, TTA_VARIANTS, evaluate_recipe, rescore_protocol, summarise_protocol
+from kgl.recipes._train import DEFAULT_RECIPE, train_default_model
+
+__all__ = [
+    "DEFAULT_RECIPE",
+    "HE_CASES",
+    "TTA_VARIANTS",
+    "evaluate_recipe",
+    "rescore_protocol",
+    "summarise_protocol",
+    "train_default_model",
+]
