@@ -3,7 +3,7 @@
 - µm ↔ px conversions round-trip (scalefactors → µm/px → patch sides, hires ↔ full-res frame);
 - ground-truth coverage fractions lie in [0, 1] and grow with the annotated area;
 - patch centres map back to spot centres: a single marked pixel under a spot lands at the
-  centre of that spot's patch, through :meth:`kgl.io.SlideImage.read_region` and through
+  centre of that spot's patch, through :meth:`kgl.io.SlideImage.read_centered` and through
   :func:`kgl.im.spot_patches` on a Visium AnnData;
 - the pseudo-Visium lattice is the Visium hexagonal 100-µm lattice wherever it is laid.
 """
@@ -122,7 +122,7 @@ def test_read_region_centre_is_the_requested_point(data, h, w, downsample, n, k,
     slide = SlideImage.from_array(img, downsample=downsample)
     x, y = (j + 0.5) * downsample - 0.5, (i + 0.5) * downsample - 0.5  # that pixel's centre, full-res frame
     m = n * k  # window of m level pixels, shrunk k-fold to n output pixels (block averages)
-    patch, inside = slide.read_region((x, y), m * downsample, n, fill=0)
+    patch, inside = slide.read_centered((x, y), m * downsample, n, fill=0)
     assert patch.shape == (n, n, 3)
     c = n // 2
     assert (patch[c, c] == round(255 / k**2)).all()

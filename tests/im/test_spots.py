@@ -121,4 +121,4 @@ def test_image_modes_are_handled_explicitly(visium, mode):
     else:
         assert np.flatnonzero(_red_centre(patches)).tolist() == marked
     if mode == "rgba":
-        assert (kgl.im.spot_image(visium)[0].read_region((20, 20), 20, 4)[0] == 255).all()
+        assert (kgl.im.spot_image(visium)[0].read_centered((20, 20), 20, 4)[0] == 255).all()

@@ -210,7 +210,7 @@ def sample_patches(
     Returns
     -------
     :class:`pandas.DataFrame`, one row per patch: ``slide``, ``path``, ``group``, ``x``, ``y``
-    (centre in level-0 pixels, pixel centres at integers as in :meth:`kgl.io.SlideImage.read_region`),
+    (centre in level-0 pixels, pixel centres at integers as in :meth:`kgl.io.SlideImage.read_centered`),
     ``mpp``, ``patch_um``, ``coverage``, ``label``, ``kind`` (``"grid"``/``"hard_negative"``),
     ``in_image`` (fraction of the square on the image), then the slide table's other columns.
     ``attrs["class_counts"]`` is ``{kind: {"glomerulus": n, "other": n, "ambiguous": n}}``

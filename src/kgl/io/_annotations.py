@@ -2,7 +2,7 @@
 
 All readers return geometry in kgl's pixel frame: pixel ``(row i, col j)`` has its centre at
 ``(x, y) = (j, i)`` and covers ``[j - 0.5, j + 0.5] × [i - 0.5, i + 0.5]`` (the frame of
-``adata.obsm["spatial"]`` and :meth:`kgl.io.SlideImage.read_region`). QuPath and COCO write
+``adata.obsm["spatial"]`` and :meth:`kgl.io.SlideImage.read_centered`). QuPath and COCO write
 vertices with pixel *corners* at integers, so their coordinates are shifted by ``-0.5``
 (``pixel_origin="corner"``, the default).
 """
