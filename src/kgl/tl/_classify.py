@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -281,17 +282,16 @@ def classify_spots(
     Everything is computed before anything is written: on error ``adata`` is unchanged.
 
     """
-    import torch
-
-    from kgl import __version__
-    from kgl.im import STAIN_NORMS, MacenkoNormalizer, SpotPatchDataset, check_resolution, spot_sets
-    from kgl.models import fold_batchnorm, resolve_model, state_dict_sha256
+    from kgl.im import check_resolution, spot_sets
+    from kgl.models import resolve_model
     from kgl.tl._device import autocast_dtype, resolve_device
 
     check_int(batch_size, "batch_size")
     check_int(num_workers, "num_workers", minimum=0)
     if not isinstance(key_added, str) or not key_added:
         raise ValueError(f"key_added must be a non-empty string, got {key_added!r}.")
+    if uncertain is not None and not (len(uncertain) == 2 and 0.0 <= uncertain[0] <= uncertain[1] <= 1.0):
+        raise ValueError(f"uncertain must be a (low, high) band inside [0, 1], got {uncertain!r}.")
     dev = resolve_device(device)
     amp = autocast_dtype(dev, precision)
     net = resolve_model(model)
@@ -300,128 +300,203 @@ def classify_spots(
     input_size = int(spec.preprocessing.input_size if input_size is None else input_size)
     check_patch_args(patch_um, input_size)
     threshold_given = threshold is not None
-    threshold_rule = threshold if isinstance(threshold, str) else None
-    if threshold_rule is not None:
-        if threshold_rule not in _THRESHOLD_RULES:
-            raise ValueError(f"threshold must be a number, None or one of {_THRESHOLD_RULES}, got {threshold!r}.")
-        if threshold_rule == "prior-shift":
-            validation_prior(spec)  # fails before any patch is read when the model lacks the counts
-        threshold = spec.calibration.threshold  # recorded; each library gets its own below
-    else:
-        threshold = float(spec.calibration.threshold if threshold is None else threshold)
-        if not 0.0 <= threshold <= 1.0:
-            raise ValueError(f"threshold must be in [0, 1], got {threshold!r}.")
-    if stain_norm is not None and stain_norm not in STAIN_NORMS:
-        raise ValueError(f"stain_norm must be None or one of {STAIN_NORMS}, got {stain_norm!r}.")
-    if uncertain is not None and not (len(uncertain) == 2 and 0.0 <= uncertain[0] <= uncertain[1] <= 1.0):
-        raise ValueError(f"uncertain must be a (low, high) band inside [0, 1], got {uncertain!r}.")
+    threshold, threshold_rule = _check_threshold(threshold, spec)
+    _check_stain_norm(stain_norm)
     sets = spot_sets(adata, library_id=library_id, img_key=img_key, spatial_key=spatial_key, library_key=library_key)
     check_resolution(sets, patch_um=patch_um, size=input_size, allow_upsampling=allow_upsampling)
 
-    model_sha256 = state_dict_sha256(net)
-    base = net
-    # a folded copy: the caller's model keeps its BatchNorm layers, device and mode
-    folded = None if adapt_bn else fold_batchnorm(base).to(dev, memory_format=torch.channels_last)
-    n = adata.n_obs
-    proba = np.full(n, np.nan, dtype=np.float32)
-    thresholds = np.full(n, threshold, dtype=np.float64)
-    inside = np.full(n, np.nan, dtype=np.float32)
-    emb = None
-    per_lib: dict[str, dict[str, Any]] = {}
-    for spots in sets:
-        ds = SpotPatchDataset(spots, patch_um=patch_um, size=input_size)
-        net = folded
-        stain = None
-        if stain_norm is not None:  # the sample's stains from a spread subsample of its spots, read one by one
-            take = np.unique(np.linspace(0, len(ds) - 1, min(256, len(ds))).round().astype(int))
-            stain = MacenkoNormalizer().fit([np.stack([ds[int(i)][0] for i in take])])
-        if adapt_bn:
-            from kgl.tl._adapt import adapt_batchnorm
+    run = _Run(net, spec, patch_um=patch_um, input_size=input_size, batch_size=batch_size, num_workers=num_workers,
+               device=dev, amp=amp, adapt_bn=adapt_bn, stain_norm=stain_norm, show_progress=show_progress)  # fmt: skip
+    res = run.classify(sets, n_obs=adata.n_obs, threshold=threshold, threshold_rule=threshold_rule, key_added=key_added)
+    params = run.params(res, threshold=threshold, threshold_rule=threshold_rule, threshold_given=threshold_given,
+                        uncertain=uncertain)  # fmt: skip
+    if copy:  # nothing above touched adata
+        adata = adata.copy()
+    _write(adata, res, spec, params, key_added=key_added, uncertain=uncertain)
+    return adata if copy else None
 
-            patches = (
-                stain(p) if stain is not None else p for p in (ds.read_chunk(idx)[0] for idx in ds.chunks(batch_size))
-            )
-            net = fold_batchnorm(adapt_batchnorm(base, patches, device=dev, amp=amp))
-            net = net.to(dev, memory_format=torch.channels_last)
+
+def _check_threshold(threshold: Any, spec: Any) -> tuple[float, str | None]:
+    """``(threshold, rule)``: the number recorded and the per-sample rule (``None``: one fixed threshold)."""
+    if isinstance(threshold, str):
+        if threshold not in _THRESHOLD_RULES:
+            raise ValueError(f"threshold must be a number, None or one of {_THRESHOLD_RULES}, got {threshold!r}.")
+        if threshold == "prior-shift":
+            validation_prior(spec)  # fails before any patch is read when the model lacks the counts
+        return spec.calibration.threshold, threshold  # recorded; each library gets its own
+    value = float(spec.calibration.threshold if threshold is None else threshold)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"threshold must be in [0, 1], got {threshold!r}.")
+    return value, None
+
+
+def _check_stain_norm(stain_norm: Any) -> None:
+    from kgl.im import STAIN_NORMS
+
+    if stain_norm is not None and stain_norm not in STAIN_NORMS:
+        raise ValueError(f"stain_norm must be None or one of {STAIN_NORMS}, got {stain_norm!r}.")
+
+
+@dataclass
+class _Result:
+    """Everything a classification computed, before anything is written."""
+
+    proba: np.ndarray
+    thresholds: np.ndarray
+    inside: np.ndarray
+    emb: np.ndarray | None
+    per_lib: dict[str, dict[str, Any]]
+
+
+class _Run:
+    """One classification call: the folded model and its settings; :meth:`classify` scores every library."""
+
+    def __init__(self, net: Any, spec: Any, **settings: Any) -> None:
+        import torch
+
+        from kgl.models import fold_batchnorm, state_dict_sha256
+
+        self.base, self.spec = net, spec
+        self.__dict__.update(settings)
+        self.model_sha256 = state_dict_sha256(net)
+        # a folded copy: the caller's model keeps its BatchNorm layers, device and mode
+        self.folded = None if self.adapt_bn else fold_batchnorm(net).to(self.device, memory_format=torch.channels_last)
+
+    def classify(
+        self, sets: Sequence[Any], *, n_obs: int, threshold: float, threshold_rule: str | None, key_added: str
+    ) -> _Result:
+        res = _Result(
+            proba=np.full(n_obs, np.nan, dtype=np.float32),
+            thresholds=np.full(n_obs, threshold, dtype=np.float64),
+            inside=np.full(n_obs, np.nan, dtype=np.float32),
+            emb=None,
+            per_lib={},
+        )
+        for spots in sets:
+            p, e, f, info = self.library(spots, threshold_rule)
+            if "threshold" in info:
+                res.thresholds[spots.index] = info["threshold"]
+            if res.emb is None:
+                res.emb = np.full((n_obs, e.shape[1]), np.nan, dtype=np.float32)
+            res.proba[spots.index], res.emb[spots.index], res.inside[spots.index] = p, e, f
+            res.per_lib[spots.library_id] = info
+            if (f < 1.0).any():
+                logger.info(
+                    "%d spots of %r have patches partly outside the image (padded; see obs[%r]).",
+                    int((f < 1.0).sum()),
+                    spots.library_id,
+                    f"{key_added}_in_image",
+                )
+        return res
+
+    def library(self, spots: Any, threshold_rule: str | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+        """Probabilities, embeddings, in-image fractions and the params of one library's spots."""
+        from kgl.im import SpotPatchDataset
+
+        ds = SpotPatchDataset(spots, patch_um=self.patch_um, size=self.input_size)
+        stain = self._fit_stain(ds) if self.stain_norm is not None else None
+        net = self._adapted(ds, stain) if self.adapt_bn else self.folded
         p, e, f = _predict(
             net,
             ds,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            device=dev,
-            amp=amp,
-            show_progress=show_progress,
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            device=self.device,
+            amp=self.amp,
+            show_progress=self.show_progress,
             desc=f"classify {spots.library_id}",
             transform=stain,
         )
-        lib_info: dict[str, Any] = {}
+        info: dict[str, Any] = {}
         if threshold_rule is not None:
-            p, thr, lib_info = apply_threshold_rule(p, threshold_rule, spec)
+            p, thr, info = apply_threshold_rule(p, threshold_rule, self.spec)
             p = p.astype(np.float32)
-            thresholds[spots.index] = lib_info["threshold"] = thr
-        if emb is None:
-            emb = np.full((n, e.shape[1]), np.nan, dtype=np.float32)
-        proba[spots.index], emb[spots.index], inside[spots.index] = p, e, f
+            info["threshold"] = thr
         level = spots.image.levels[ds.level]
-        per_lib[spots.library_id] = {
-            **lib_info,
-            "adapted_bn": bool(adapt_bn),
-            **({"stain_norm": stain.as_params()} if stain is not None else {}),
-            "img_key": spots.img_key,
-            **(spots.mpp_info.as_params() if spots.mpp_info is not None else {"mpp": spots.mpp}),
-            "img_mpp": spots.image_mpp,  # µm per pixel of the finest level of the image read
-            "level_downsample": level.downsample,
-            "n_spots": len(spots.index),
-            "n_partly_outside": int((f < 1.0).sum()),
+        return (
+            p,
+            e,
+            f,
+            {
+                **info,
+                "adapted_bn": bool(self.adapt_bn),
+                **({"stain_norm": stain.as_params()} if stain is not None else {}),
+                "img_key": spots.img_key,
+                **(spots.mpp_info.as_params() if spots.mpp_info is not None else {"mpp": spots.mpp}),
+                "img_mpp": spots.image_mpp,  # µm per pixel of the finest level of the image read
+                "level_downsample": level.downsample,
+                "n_spots": len(spots.index),
+                "n_partly_outside": int((f < 1.0).sum()),
+            },
+        )
+
+    def _fit_stain(self, ds: Any) -> Any:
+        """The sample's stains from a spread subsample of its spots (≤ 256), read one by one."""
+        from kgl.im import MacenkoNormalizer
+
+        take = np.unique(np.linspace(0, len(ds) - 1, min(256, len(ds))).round().astype(int))
+        return MacenkoNormalizer().fit([np.stack([ds[int(i)][0] for i in take])])
+
+    def _adapted(self, ds: Any, stain: Any) -> Any:
+        """AdaBN on this library's own patches (no labels), then folded."""
+        import torch
+
+        from kgl.models import fold_batchnorm
+        from kgl.tl._adapt import adapt_batchnorm
+
+        patches = (
+            stain(p) if stain is not None else p for p in (ds.read_chunk(i)[0] for i in ds.chunks(self.batch_size))
+        )
+        net = fold_batchnorm(adapt_batchnorm(self.base, patches, device=self.device, amp=self.amp))
+        return net.to(self.device, memory_format=torch.channels_last)
+
+    def params(
+        self, res: _Result, *, threshold: float, threshold_rule: str | None, threshold_given: bool, uncertain: Any
+    ) -> dict[str, Any]:
+        """``uns[key_added]["params"]``: the model, the call's settings and each library's details."""
+        from kgl import __version__
+
+        spec = self.spec
+        return {
+            "model": spec.name or spec.backbone,
+            "backbone": spec.backbone,
+            "weights": spec.weights or "none",
+            "head_trained": spec.head_trained,
+            "model_sha256": self.model_sha256,
+            "patch_um": self.patch_um,
+            "input_size": self.input_size,
+            # one number per call; with a per-library rule, that library's (NaN for several libraries)
+            "threshold": threshold if threshold_rule is None else _one_threshold(res.per_lib),
+            "threshold_rule": threshold_rule or ("given" if threshold_given else "validation"),
+            "adapt_bn": bool(self.adapt_bn),
+            "stain_norm": self.stain_norm or "none",
+            "uncertain": None if uncertain is None else [float(u) for u in uncertain],
+            "temperature": spec.calibration.temperature,
+            "logit_bias": spec.calibration.logit_bias,
+            "device": str(self.device),
+            "precision": "fp32" if self.amp is None else str(self.amp).replace("torch.", ""),
+            "library_id": list(res.per_lib),
+            "libraries": res.per_lib,
+            "kgl_version": __version__,
+            # which H&E cases the model saw in training (kgl.recipes.train_default_model with he_repeat > 0)
+            "training_he_cases": list((spec.extra.get("training_data") or {}).get("he_biopsy", {}).get("cases", [])),
         }
-        if (f < 1.0).any():
-            logger.info(
-                "%d spots of %r have patches partly outside the image (padded; see obs[%r]).",
-                int((f < 1.0).sum()),
-                spots.library_id,
-                f"{key_added}_in_image",
-            )
 
+
+def _write(adata: Any, res: _Result, spec: Any, params: dict[str, Any], *, key_added: str, uncertain: Any) -> None:
+    """The only step that writes: labels, probabilities, flags, embeddings, params and colours."""
     positive, negative = spec.positive_class, spec.negative_class
+    proba = res.proba
     done = ~np.isnan(proba)
-    labels = np.where(proba > thresholds, positive, negative).astype(object)
+    labels = np.where(proba > res.thresholds, positive, negative).astype(object)
     labels[~done] = np.nan
-    params = {
-        "model": spec.name or spec.backbone,
-        "backbone": spec.backbone,
-        "weights": spec.weights or "none",
-        "head_trained": spec.head_trained,
-        "model_sha256": model_sha256,
-        "patch_um": patch_um,
-        "input_size": input_size,
-        # one number per call; with a per-library rule, that library's (NaN for several libraries)
-        "threshold": threshold if threshold_rule is None else _one_threshold(per_lib),
-        "threshold_rule": threshold_rule or ("given" if threshold_given else "validation"),
-        "adapt_bn": bool(adapt_bn),
-        "stain_norm": stain_norm or "none",
-        "uncertain": None if uncertain is None else [float(u) for u in uncertain],
-        "temperature": spec.calibration.temperature,
-        "logit_bias": spec.calibration.logit_bias,
-        "device": str(dev),
-        "precision": "fp32" if amp is None else str(amp).replace("torch.", ""),
-        "library_id": list(per_lib),
-        "libraries": per_lib,
-        "kgl_version": __version__,
-        # which H&E cases the model saw in training (kgl.recipes.train_default_model with he_repeat > 0)
-        "training_he_cases": list((spec.extra.get("training_data") or {}).get("he_biopsy", {}).get("cases", [])),
-    }
-
-    # -------- write (nothing above touched adata) --------
-    if copy:
-        adata = adata.copy()
     cat = pd.Categorical(labels, categories=[negative, positive])
     save_data(adata, attr="obs", key=key_added, data=pd.Series(cat, index=adata.obs_names))
     save_data(adata, attr="obs", key=f"{key_added}_proba", data=proba)
     if uncertain is not None:
         uncertain_mask = done & (proba >= uncertain[0]) & (proba <= uncertain[1])
         save_data(adata, attr="obs", key=f"{key_added}_uncertain", data=uncertain_mask)
-    save_data(adata, attr="obs", key=f"{key_added}_in_image", data=inside)
-    save_data(adata, attr="obsm", key=f"X_{key_added}", data=emb)
+    save_data(adata, attr="obs", key=f"{key_added}_in_image", data=res.inside)
+    save_data(adata, attr="obsm", key=f"X_{key_added}", data=res.emb)
     adata.uns[key_added] = {"params": params}
     adata.uns[f"{key_added}_colors"] = [_COLORS.get(c, "#1f77b4") for c in (negative, positive)]
-    return adata if copy else None
