@@ -13,6 +13,7 @@ import hashlib
 import math
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -355,60 +356,14 @@ def pseudo_visium(
     if len(set(tile_names)) != n:
         tile_names = [f"{i}:{nm}" for i, nm in enumerate(tile_names)]
 
-    # --- mosaic -----------------------------------------------------------------------------
-    n_rows, n_cols = _layout(n, layout)
-    gap = round(gap_um / mpp_out)
-    cells = [divmod(i, n_cols) for i in range(n)]
-    col_w = [
-        max((t.shape[1] for t, (_, c) in zip(tiles, cells, strict=True) if c == k), default=0) for k in range(n_cols)
-    ]
-    row_h = [
-        max((t.shape[0] for t, (r, _) in zip(tiles, cells, strict=True) if r == k), default=0) for k in range(n_rows)
-    ]
-    x_start = np.concatenate([[0], np.cumsum(np.add(col_w, gap))])
-    y_start = np.concatenate([[0], np.cumsum(np.add(row_h, gap))])
-    width = int(x_start[n_cols] - gap)
-    height = int(y_start[n_rows] - gap)
-    canvas = np.full((height, width, 3), 255, dtype=np.uint8)
-    x0 = np.array([int(x_start[c]) for _, c in cells])
-    y0 = np.array([int(y_start[r]) for r, _ in cells])
-    tw = np.array([t.shape[1] for t in tiles])
-    th = np.array([t.shape[0] for t in tiles])
-    glomeruli = []
-    for i, t in enumerate(tiles):
-        canvas[y0[i] : y0[i] + th[i], x0[i] : x0[i] + tw[i]] = t
-        glomeruli.extend(shapely.transform(p, lambda c, i=i: c + np.array([x0[i], y0[i]])) for p in tile_polys[i])
+    # --- mosaic ---
+    canvas, frame, glomeruli = _mosaic(tiles, tile_polys, layout=layout, gap_px=round(gap_um / mpp_out))
+    n_rows, n_cols = frame.layout
+    x0, y0, tw, th = frame.x0, frame.y0, frame.width, frame.height
+    height, width = canvas.shape[:2]
 
-    # --- spots ------------------------------------------------------------------------------
-    rng = np.random.default_rng(seed)
-    # [0, 100) × [0, 50√3) µm is a fundamental cell of the lattice: every placement is equally likely
-    offset_um = (float(rng.uniform(0.0, SPOT_PITCH_UM)), float(rng.uniform(0.0, ROW_PITCH_UM)))
-    # canvas spans [-0.5, W - 0.5] px; the lattice origin is the canvas' top-left corner
-    origin = -0.5 * mpp_out
-    spots = spot_lattice(width * mpp_out, height * mpp_out, offset_um)
-    x = (spots["x_um"].to_numpy() + origin) / mpp_out
-    y = (spots["y_um"].to_numpy() + origin) / mpp_out
-    on_tile = (
-        (x[:, None] >= x0 - 0.5)
-        & (x[:, None] < x0 + tw - 0.5)
-        & (y[:, None] >= y0 - 0.5)
-        & (y[:, None] < y0 + th - 0.5)
-    )
-    keep = on_tile.any(axis=1)
-    spots, x, y = spots[keep].reset_index(drop=True), x[keep], y[keep]
-    source = on_tile[keep].argmax(axis=1)
-    if len(spots) == 0:
-        raise ValueError("No spot centre falls on any image: the images are smaller than the 100 µm spot pitch.")
-    if spots["array_row"].max() >= _VISIUM_ROWS or spots["array_col"].max() >= _VISIUM_COLS:
-        logger.info(
-            "The mosaic (%.1f × %.1f mm) is larger than a Visium capture area (6.5 mm): array indices go beyond "
-            "%d rows × %d columns.",
-            width * mpp_out / 1000,
-            height * mpp_out / 1000,
-            _VISIUM_ROWS,
-            _VISIUM_COLS,
-        )
-    xy = np.column_stack([x, y]).astype(np.float64)
+    # --- spots ---
+    spots, xy, source, offset_um = _spots_on_tiles(frame, canvas.shape[:2], mpp_out, seed)
     coverage = spot_coverage(xy, glomeruli, SPOT_DIAMETER_UM / mpp_out / 2)
 
     # --- images & files ---------------------------------------------------------------------
@@ -490,6 +445,90 @@ def pseudo_visium(
         int((coverage >= 0.5).sum()),
     )
     return adata
+
+
+@dataclass(frozen=True)
+class _Frame:
+    """Where each tile sits in the mosaic (px): top-left corners and sizes, and the grid's (rows, columns)."""
+
+    layout: tuple[int, int]
+    x0: np.ndarray
+    y0: np.ndarray
+    width: np.ndarray
+    height: np.ndarray
+
+
+def _mosaic(
+    tiles: list[np.ndarray], tile_polys: list[list[Any]], *, layout: Any, gap_px: int
+) -> tuple[np.ndarray, _Frame, list[Any]]:
+    """The tiles on a white canvas in a grid (``gap_px`` apart), and the glomeruli in canvas pixels."""
+    import shapely
+
+    n = len(tiles)
+    n_rows, n_cols = _layout(n, layout)
+    gap = gap_px
+    cells = [divmod(i, n_cols) for i in range(n)]
+    col_w = [
+        max((t.shape[1] for t, (_, c) in zip(tiles, cells, strict=True) if c == k), default=0) for k in range(n_cols)
+    ]
+    row_h = [
+        max((t.shape[0] for t, (r, _) in zip(tiles, cells, strict=True) if r == k), default=0) for k in range(n_rows)
+    ]
+    x_start = np.concatenate([[0], np.cumsum(np.add(col_w, gap))])
+    y_start = np.concatenate([[0], np.cumsum(np.add(row_h, gap))])
+    width = int(x_start[n_cols] - gap)
+    height = int(y_start[n_rows] - gap)
+    canvas = np.full((height, width, 3), 255, dtype=np.uint8)
+    x0 = np.array([int(x_start[c]) for _, c in cells])
+    y0 = np.array([int(y_start[r]) for r, _ in cells])
+    tw = np.array([t.shape[1] for t in tiles])
+    th = np.array([t.shape[0] for t in tiles])
+    glomeruli = []
+    for i, t in enumerate(tiles):
+        canvas[y0[i] : y0[i] + th[i], x0[i] : x0[i] + tw[i]] = t
+        glomeruli.extend(shapely.transform(p, lambda c, i=i: c + np.array([x0[i], y0[i]])) for p in tile_polys[i])
+    return canvas, _Frame((n_rows, n_cols), x0, y0, tw, th), glomeruli
+
+
+def _spots_on_tiles(
+    frame: _Frame, shape: tuple[int, int], mpp_out: float, seed: int
+) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, tuple[float, float]]:
+    """The Visium lattice at a random offset over the canvas, kept where a spot centre falls on a tile.
+
+    Returns the lattice rows, the centres ``(n, 2)`` in canvas pixels, each spot's tile and the offset.
+    """
+    height, width = shape
+    x0, y0, tw, th = frame.x0, frame.y0, frame.width, frame.height
+    rng = np.random.default_rng(seed)
+    # [0, 100) × [0, 50√3) µm is a fundamental cell of the lattice: every placement is equally likely
+    offset_um = (float(rng.uniform(0.0, SPOT_PITCH_UM)), float(rng.uniform(0.0, ROW_PITCH_UM)))
+    # canvas spans [-0.5, W - 0.5] px; the lattice origin is the canvas' top-left corner
+    origin = -0.5 * mpp_out
+    spots = spot_lattice(width * mpp_out, height * mpp_out, offset_um)
+    x = (spots["x_um"].to_numpy() + origin) / mpp_out
+    y = (spots["y_um"].to_numpy() + origin) / mpp_out
+    on_tile = (
+        (x[:, None] >= x0 - 0.5)
+        & (x[:, None] < x0 + tw - 0.5)
+        & (y[:, None] >= y0 - 0.5)
+        & (y[:, None] < y0 + th - 0.5)
+    )
+    keep = on_tile.any(axis=1)
+    spots, x, y = spots[keep].reset_index(drop=True), x[keep], y[keep]
+    source = on_tile[keep].argmax(axis=1)
+    if len(spots) == 0:
+        raise ValueError("No spot centre falls on any image: the images are smaller than the 100 µm spot pitch.")
+    if spots["array_row"].max() >= _VISIUM_ROWS or spots["array_col"].max() >= _VISIUM_COLS:
+        logger.info(
+            "The mosaic (%.1f × %.1f mm) is larger than a Visium capture area (6.5 mm): array indices go beyond "
+            "%d rows × %d columns.",
+            width * mpp_out / 1000,
+            height * mpp_out / 1000,
+            _VISIUM_ROWS,
+            _VISIUM_COLS,
+        )
+    xy = np.column_stack([x, y]).astype(np.float64)
+    return spots, xy, source, offset_um
 
 
 def pas_tiles_visium(*, seed: int = 0, **kwargs: Any) -> Any:
