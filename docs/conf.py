@@ -80,15 +80,15 @@ copybutton_prompt_is_regexp = True
 
 # -- Data constants re-exported by the rooms --------------------------------------------------------
 def _constant_docs() -> dict[str, list[str]]:
-    """``#:`` comments of module-level constants, keyed by their public name (``kgl.tl.DEFAULT_RECIPE``).
+    """``#:`` comments of module-level constants, keyed by their public name (``kgl.recipes.DEFAULT_RECIPE``).
 
-    The rooms re-export constants from private modules (``kgl/tl/_recipe.py``); autodoc looks for
+    The rooms re-export constants from private modules (``kgl/recipes/_train.py``); autodoc looks for
     the comment only in the module it documents, so it would show the value type's docstring (``dict``).
     """
     from sphinx.pycode import ModuleAnalyzer
 
     docs: dict[str, list[str]] = {}
-    for room in ("io", "im", "tl", "pl", "models", "datasets"):
+    for room in ("io", "im", "tl", "pl", "models", "datasets", "recipes"):
         mod = importlib.import_module(f"kgl.{room}")
         public = set(getattr(mod, "__all__", []))
         for info in pkgutil.iter_modules(mod.__path__, f"kgl.{room}."):

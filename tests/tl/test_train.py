@@ -216,3 +216,15 @@ def test_train_config_holds_every_keyword_of_train():
     assert [(p.name, p.default) for p in params] == [(f.name, f.default) for f in dataclasses.fields(TrainConfig)]
     with pytest.raises(dataclasses.FrozenInstanceError):
         TrainConfig().epochs = 3
+
+
+def test_train_default_weights_are_build_models():
+    """train's default weights mean what build_model's default means (kgl's per-backbone choice)."""
+    import inspect
+
+    from kgl.models import build_model
+    from kgl.tl._train import TrainConfig
+
+    default = inspect.signature(build_model).parameters["weights"].default
+    assert inspect.signature(kgl.tl.train).parameters["weights"].default == default == "DEFAULT"
+    assert TrainConfig.__dataclass_fields__["weights"].default == default

@@ -20,7 +20,6 @@ _TORCH_NAMES = {
     "fold_batchnorm",
     "load_checkpoint",
     "model_config",
-    "model_dir",
     "save_checkpoint",
     "state_dict_sha256",
 }

@@ -274,9 +274,26 @@ def _pretrained(backbone: str, w: Any) -> nn.Module:
 
     if w is None:
         return torchvision.models.get_model(backbone, weights=None)
+    if backbone in _WEIGHT_SPECIFIC_BUILDERS:
+        raise ValueError(
+            f"{backbone!r} changes its architecture for pretrained weights (input transform, auxiliary heads), "
+            "which kgl's weights_only loading does not reproduce. Use another backbone, e.g. resnet50, "
+            "mobilenet_v2, efficientnet_b0 or convnext_tiny."
+        )
     net = torchvision.models.get_model(backbone, weights=None, num_classes=len(w.meta["categories"]))
-    net.load_state_dict(w.get_state_dict(progress=True, check_hash=True, weights_only=True))
+    state = w.get_state_dict(progress=True, check_hash=True, weights_only=True)
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as e:  # not a download problem: the enum's builder needs other arguments
+        raise ValueError(
+            f"Weights {w} do not fit {backbone!r} as kgl builds it ({torch_error_summary(e)}); use another "
+            "weights member or backbone."
+        ) from e
     return net
+
+
+#: torchvision builders that take weight-specific arguments besides ``num_classes`` (kgl refuses them).
+_WEIGHT_SPECIFIC_BUILDERS = frozenset({"googlenet", "inception_v3"})
 
 
 def _torchvision_models() -> list[str]:

@@ -326,7 +326,7 @@ def _check_threshold(threshold: Any, spec: Any) -> tuple[float, str | None]:
         return spec.calibration.threshold, threshold  # recorded; each library gets its own
     value = float(spec.calibration.threshold if threshold is None else threshold)
     if not 0.0 <= value <= 1.0:
-        raise ValueError(f"threshold must be in [0, 1], got {threshold!r}.")
+        raise ValueError(f"threshold must be in [0, 1], got {value!r}.")
     return value, None
 
 

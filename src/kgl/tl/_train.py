@@ -74,7 +74,7 @@ class TrainConfig:
 
     split_key: str = "split"
     backbone: str = "resnet50"
-    weights: str | None = "DEFAULT_KGL"
+    weights: str | None = "DEFAULT"
     input_size: int = 224
     epochs: int = 10
     batch_size: int = 32
@@ -205,7 +205,7 @@ def train(
     *,
     split_key: str = "split",
     backbone: str = "resnet50",
-    weights: str | None = "DEFAULT_KGL",
+    weights: str | None = "DEFAULT",
     input_size: int = 224,
     epochs: int = 10,
     batch_size: int = 32,
