@@ -1,6 +1,7 @@
 """Tools: classify spots, train and evaluate the classifier, glomerular differential expression."""
 
-from kgl.im import AUGMENTATIONS, PatchDataset, build_transform  # re-exported: they were kgl.tl's first
+# moved to kgl.im (documented there); still importable from kgl.tl, outside __all__
+from kgl.im import AUGMENTATIONS, PatchDataset, build_transform  # noqa: F401
 from kgl.tl._adapt import adapt_batchnorm, expected_f1_threshold, prior_shift
 from kgl.tl._calibration import calibrated_proba, fit_calibration
 from kgl.tl._classify import apply_threshold_rule, classify_spots
@@ -11,14 +12,11 @@ from kgl.tl._split import check_no_leakage, split_by_group
 from kgl.tl._train import SELECT_RULES, TrainResult, train
 
 __all__ = [
-    "AUGMENTATIONS",
     "PODOCYTE_MARKERS",
     "SELECT_RULES",
-    "PatchDataset",
     "TrainResult",
     "adapt_batchnorm",
     "apply_threshold_rule",
-    "build_transform",
     "calibrated_proba",
     "calibration_table",
     "check_no_leakage",
