@@ -243,15 +243,7 @@ class SlideImage:
             )
         return self.read_centered(center, size_um / mpp, out_size, level=level, fill=fill)
 
-    def read_region(
-        self,
-        center: tuple[float, float],
-        size: float,
-        out_size: int,
-        *,
-        level: int | None = None,
-        fill: int = 255,
-    ) -> tuple[np.ndarray, float]:
+    def read_region(self, *args: Any, **kwargs: Any) -> tuple[np.ndarray, float]:
         """Deprecated alias of :meth:`read_centered` (OpenSlide's ``read_region`` means something else)."""
         warnings.warn(
             "SlideImage.read_region(center, size, out_size) is deprecated; use read_centered (same arguments) or "
@@ -259,7 +251,7 @@ class SlideImage:
             FutureWarning,
             stacklevel=2,
         )
-        return self.read_centered(center, size, out_size, level=level, fill=fill)
+        return self.read_centered(*args, **kwargs)
 
     def _window(self, center: tuple[float, float], size: float, level: int) -> tuple[int, int, int]:
         """Integer window ``(x0, y0, n)`` of level pixels whose centre is nearest to ``center``."""
