@@ -44,8 +44,8 @@ def _rows(fig, n):
 
 
 def test_review_gallery_png_and_pdf(classified, tmp_path):
-    fig = kgl.pl.review_gallery(classified, n=5, save=tmp_path / "gallery.png")
-    assert isinstance(fig, matplotlib.figure.Figure)
+    axes = kgl.pl.review_gallery(classified, n=5, save=tmp_path / "gallery.png")
+    assert axes.shape[1] == 5 and all(isinstance(a, matplotlib.axes.Axes) for a in axes.flat)  # as plt.subplots
     img = np.asarray(Image.open(tmp_path / "gallery.png"))
     assert img.shape[0] > 600 and img.shape[1] > 800 and img[..., :3].std() > 10
     # the red markers of the confident glomeruli are in the picture
@@ -65,7 +65,7 @@ def test_review_gallery_rows(classified):
         np.where(p > 0.5, "glomerulus", "other"), categories=["other", "glomerulus"]
     )
     n = 4
-    fig = kgl.pl.review_gallery(classified, n=n)
+    fig = kgl.pl.review_gallery(classified, n=n)[0, 0].figure
     rows = _rows(fig, n)
     assert [r[0] for r in rows] == [
         "most confident\nglomerulus",
@@ -86,14 +86,14 @@ def test_review_gallery_rows(classified):
 
 def test_review_gallery_small_classes_and_defaults(classified):
     # 4 glomeruli, n=3: 2 confident + 2 uncertain, never the same spot twice
-    fig = kgl.pl.review_gallery(classified, n=3)
+    fig = kgl.pl.review_gallery(classified, n=3)[0, 0].figure
     rows = _rows(fig, 3)
     assert len(rows[0][1]) == 2 and len(rows[1][1]) == 2 and not set(rows[0][1]) & set(rows[1][1])
     assert set(rows[0][1]) | set(rows[1][1]) == set(classified.obs_names[MARKED])
     assert "60-µm tiles" in fig._suptitle.get_text()  # the classifier's patch_um
     assert "threshold 0.5" in fig._suptitle.get_text()
     del classified.uns["glomerulus"]
-    fig = kgl.pl.review_gallery(classified, n=3, spots=classified.obs_names[MARKED])
+    fig = kgl.pl.review_gallery(classified, n=3, spots=classified.obs_names[MARKED])[0, 0].figure
     assert "110-µm tiles" in fig._suptitle.get_text()
     rows = _rows(fig, 3)
     assert rows[2][1] == rows[3][1] == []  # no "other" chosen
@@ -103,7 +103,7 @@ def test_review_gallery_small_classes_and_defaults(classified):
 def test_review_gallery_marks_reviewed(classified, tmp_path):
     names = classified.obs_names
     _review(classified, tmp_path, {names[2]: "other"})
-    fig = kgl.pl.review_gallery(classified, n=8)
+    fig = kgl.pl.review_gallery(classified, n=8)[0, 0].figure
     notes = [t.get_text() for a in fig.axes for t in a.texts]
     assert notes.count("changed → other") == 1
     assert notes.count("reviewed: glomerulus") == 3 and "reviewed: other" in notes
@@ -118,7 +118,7 @@ def test_review_gallery_library(tmp_path):
     both = _two_libraries()
     with pytest.raises(ValueError, match=r"several libraries \['A', 'B'\]"):
         kgl.pl.review_gallery(both)
-    fig = kgl.pl.review_gallery(both, library_id="B", n=2)
+    fig = kgl.pl.review_gallery(both, library_id="B", n=2)[0, 0].figure
     barcodes = [b for _, row in _rows(fig, 2) for b in row]
     assert barcodes and all(b.startswith("B-") for b in barcodes)
 

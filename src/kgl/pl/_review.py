@@ -74,8 +74,8 @@ def _tile(ax: Any, patch: np.ndarray, *, title: str, color: str, spot_r: float, 
 @d.dedent
 def review_gallery(
     adata: AnnData,
-    key: str = "glomerulus",
     *,
+    key: str = "glomerulus",
     library_id: str | None = None,
     n: int = 8,
     patch_um: float | None = None,
@@ -125,7 +125,8 @@ def review_gallery(
 
     Returns
     -------
-    The :class:`~matplotlib.figure.Figure`.
+    The tiles' :class:`~matplotlib.axes.Axes`, an array of (rows, ``n``) as ``plt.subplots`` gives
+    (two rows per class: most confident, most uncertain); ``axes[0, 0].figure`` is the figure.
 
     Raises
     ------
@@ -224,4 +225,4 @@ def review_gallery(
         fontsize=9,
     )
     _save(fig, save, dpi)
-    return fig
+    return axes

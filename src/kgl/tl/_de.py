@@ -275,16 +275,18 @@ def glom_markers(
     key_added
         ``adata.uns`` key of the results; ``f"{key}_markers"`` by default.
     inplace
-        Store the results in ``adata.uns[key_added]``; ``False`` only returns the table.
+        Store the results in ``adata.uns[key_added]`` and return ``None`` (scanpy's convention);
+        ``False`` stores nothing and returns the table.
     %(table_name)s
 
     Returns
     -------
-    A tidy :class:`~pandas.DataFrame`, one row per gene, most up-regulated in ``group`` first:
+    With ``inplace=False``, a tidy :class:`~pandas.DataFrame` (otherwise ``None``), one row per gene,
+    most up-regulated in ``group`` first:
     ``gene``, ``log2fc``, ``score`` (Wilcoxon z-score / Wald statistic), ``pvalue``, ``padj``
     (Benjamini–Hochberg) and, for ``"wilcoxon"``, ``pct_group`` / ``pct_rest`` (fraction of spots
-    expressing the gene), for ``"pseudobulk"``, ``base_mean`` / ``lfc_se``. The same table is
-    stored in ``adata.uns[key_added]["results"]`` with ``["params"]`` (and, for pseudobulk,
+    expressing the gene), for ``"pseudobulk"``, ``base_mean`` / ``lfc_se``. With ``inplace=True`` the
+    table is stored in ``adata.uns[key_added]["results"]`` with ``["params"]`` (and, for pseudobulk,
     ``["design"]``: the profiles that entered the model).
 
     """
@@ -334,6 +336,7 @@ def glom_markers(
         if design is not None:
             entry["design"] = design
         save_data(adata, attr="uns", key=key_added, data=entry)
+        return None
     return table
 
 
