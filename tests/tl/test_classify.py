@@ -282,3 +282,31 @@ def test_spatialdata_multi_sample_matches_anndata():
         table.obs["glomerulus_proba"].to_numpy(), adata.obs.loc[table.obs_names, "glomerulus_proba"].to_numpy()
     )
     assert sorted(table.uns["glomerulus"]["params"]["library_id"]) == ["A", "B"]
+
+
+def test_prefetch_keeps_order_raises_and_stops_early():
+    from kgl.tl._classify import _prefetch
+
+    assert list(_prefetch(iter(range(7)))) == list(range(7))
+    assert list(_prefetch(iter([]))) == []
+
+    def broken():
+        yield 1
+        raise OSError("tile 2 is corrupt")
+
+    got = []
+    with pytest.raises(OSError, match="tile 2 is corrupt"):
+        for x in _prefetch(broken()):
+            got.append(x)
+    assert got == [1]
+    pulled = []
+
+    def counted():
+        for i in range(100):
+            pulled.append(i)
+            yield i
+
+    gen = _prefetch(counted(), depth=2)
+    assert next(gen) == 0
+    gen.close()  # the consumer stops: the worker pulls at most depth items ahead
+    assert len(pulled) <= 3

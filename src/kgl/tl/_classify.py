@@ -71,42 +71,23 @@ def validation_prior(spec: Any) -> float:
 
 
 def _prefetch(items: Any, depth: int = 2) -> Any:
-    """Iterate ``items`` in a background thread, ``depth`` items ahead.
+    """Iterate ``items`` in a background thread (:mod:`concurrent.futures`), ``depth`` items ahead.
 
     Patch reading (tile decoding and resampling release the GIL) overlaps the model's forward pass
-    without extra processes.
+    without extra processes. One worker pulls the items in order; an error in it is raised here.
     """
-    import queue
-    import threading
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
 
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    done = object()
-    stop = threading.Event()
-
-    def work() -> None:
-        try:
-            for item in items:
-                if stop.is_set():
-                    return
-                q.put(item)
-            q.put(done)
-        except BaseException as e:  # re-raised in the consumer
-            q.put(e)
-
-    thread = threading.Thread(target=work, daemon=True, name="kgl-prefetch")
-    thread.start()
+    it, end = iter(items), object()
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kgl-prefetch")
     try:
-        while (item := q.get()) is not done:
-            if isinstance(item, BaseException):
-                raise item
+        pending = deque(pool.submit(next, it, end) for _ in range(depth))
+        while (item := pending.popleft().result()) is not end:
+            pending.append(pool.submit(next, it, end))
             yield item
     finally:
-        stop.set()
-        while thread.is_alive():  # unblock a producer waiting on a full queue
-            try:
-                q.get_nowait()
-            except queue.Empty:
-                thread.join(timeout=0.05)
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _predict(
