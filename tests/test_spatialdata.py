@@ -76,3 +76,39 @@ def test_classify_spatialdata_honours_uncertain_none(visium):
     assert "glomerulus" in table.obs and "glomerulus_uncertain" not in table.obs
     kgl.tl.classify_spots(sdata, center_red_model(), uncertain=(0.0, 1.0), show_progress=False, precision="fp32")
     assert table.obs["glomerulus_uncertain"].all()
+
+
+def test_multiscale_image_levels_finest_first():
+    """A multiscale image element reads as spatialdata orders its pyramid: finest first, with its downsample."""
+    import numpy as np
+    from spatialdata.models import Image2DModel
+
+    from kgl._spatialdata import _image_levels
+
+    arr = np.random.default_rng(0).integers(0, 255, (3, 64, 96), dtype=np.uint8)
+    levels = _image_levels(Image2DModel.parse(arr, dims=("c", "y", "x"), scale_factors=[2, 2]))
+    assert [(a.shape, d) for a, d in levels] == [((64, 96, 3), 1.0), ((32, 48, 3), 2.0), ((16, 24, 3), 4.0)]
+    assert np.array_equal(np.asarray(levels[0][0]), arr.transpose(1, 2, 0))
+
+
+def test_view_maps_spots_into_the_image_pixels_through_the_shared_system(sdata):
+    """Spot centres go to the image's pixels through the coordinate system both share; a rotation is refused."""
+    import numpy as np
+    from spatialdata.transformations import Affine, Scale, Sequence, get_transformation, set_transformation
+
+    from kgl._spatialdata import spatialdata_view
+
+    view, _ = spatialdata_view(sdata)
+    base = np.asarray(view.obsm["spatial"], dtype=float)
+    images = list(sdata.images.values())
+    for image in images:  # every image's pixels become 2x finer: image pixel p sits where 0.5 p sat
+        for cs, t in get_transformation(image, get_all=True).items():
+            set_transformation(image, Sequence([Scale([0.5, 0.5], axes=("x", "y")), t]), cs)
+    finer, _ = spatialdata_view(sdata)
+    assert np.allclose(np.asarray(finer.obsm["spatial"], dtype=float), 2 * base, rtol=1e-9, atol=1e-6)
+    turn = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    for image in images:
+        for cs in get_transformation(image, get_all=True):
+            set_transformation(image, Affine(turn, input_axes=("x", "y"), output_axes=("x", "y")), cs)
+    with pytest.raises(NotImplementedError, match="rotation/shear"):
+        spatialdata_view(sdata)

@@ -41,29 +41,14 @@ def _table(sdata: SpatialData, table_name: str | None) -> tuple[str, Any]:
     return table_name, sdata.tables[table_name]
 
 
-def _affine(element: Any, cs: str) -> np.ndarray:
-    from spatialdata.transformations import get_transformation
-
-    t = get_transformation(element, to_coordinate_system=cs)
-    return np.asarray(t.to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y")), dtype=np.float64)
-
-
 def _image_levels(image: Any) -> list[tuple[Any, float]]:
     """``(array (H, W, C) lazily transposed, downsample vs. finest scale)`` for a (multiscale) image element."""
-    arrays = []
-    if hasattr(image, "children") and len(getattr(image, "children", {})):  # DataTree multiscale
-        for name in sorted(image.children, key=lambda s: int("".join(ch for ch in s if ch.isdigit()) or 0)):
-            node = image[name]
-            var = next(iter(node.data_vars)) if hasattr(node, "data_vars") else "image"
-            arrays.append(node[var])
-    else:
-        arrays.append(image)
+    from spatialdata import get_pyramid_levels
+
+    multiscale = hasattr(image, "children") and len(getattr(image, "children", {}))  # DataTree
+    arrays = get_pyramid_levels(image) if multiscale else [image]  # spatialdata's own level order
     h0 = arrays[0].sizes["y"]
-    out = []
-    for da in arrays:
-        data = da.transpose("y", "x", "c").data  # dask: stays lazy
-        out.append((data, h0 / da.sizes["y"]))
-    return out
+    return [(da.transpose("y", "x", "c").data, h0 / da.sizes["y"]) for da in arrays]  # dask: stays lazy
 
 
 def spatialdata_view(
@@ -96,15 +81,16 @@ def spatialdata_view(
         shapes = sdata.shapes[region]
         if "radius" not in shapes.columns:
             raise ValueError(f"Shapes {region!r} are not circles (no 'radius' column); kgl needs Visium spot circles.")
-        from spatialdata.transformations import get_transformation
+        from spatialdata.transformations import get_transformation, get_transformation_between_coordinate_systems
 
         shape_cs = set(get_transformation(shapes, get_all=True))
         candidates = []
         for name, image in sdata.images.items():
             common = shape_cs & set(get_transformation(image, get_all=True))
             if common and (img_key is None or name == img_key):
-                cs = sorted(common)[0]
-                to_img = np.linalg.inv(_affine(image, cs)) @ _affine(shapes, cs)
+                # shapes' intrinsic frame -> the image's pixels, through the shared coordinate system
+                t = get_transformation_between_coordinate_systems(sdata, shapes, image)
+                to_img = np.asarray(t.to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y")), dtype=float)
                 candidates.append((abs(np.linalg.det(to_img[:2, :2])), name, to_img))
         if not candidates:
             which = f"image {img_key!r}" if img_key else "any image"
