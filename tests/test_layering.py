@@ -13,7 +13,7 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "kgl"
 
-#: Each unit and what it may import. Low modules (``kgl._utils``, ``kgl._geometry``, ...) belong to
+#: Each unit and what it may import. Low modules (``kgl._utils``, ``kgl._files``, ``kgl._geometry``, ...) belong to
 #: no room and import none; ``kgl._spatialdata`` is the SpatialData adapter, at io's level.
 ALLOWED = {
     "_low": set(),

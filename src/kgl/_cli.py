@@ -174,8 +174,8 @@ def _read_input(path: Path, fullres: str | None) -> Any:
 
 
 def _write(data: Any, out: Path) -> None:
+    from kgl._files import atomic_path
     from kgl._spatialdata import is_spatialdata
-    from kgl._utils import atomic_path
 
     if is_spatialdata(data):
         if out.suffix != ".zarr":
@@ -190,7 +190,7 @@ def _write(data: Any, out: Path) -> None:
 
 def _check_out(inp: Path, out: Path) -> None:
     """Fail before any work when the output cannot be written (kind, folder, permissions)."""
-    from kgl._utils import ensure_dir
+    from kgl._files import ensure_dir
 
     if out.resolve() == inp.resolve():
         raise SystemExit("kgl: error: --out must differ from the input (kgl never overwrites your data).")
@@ -330,7 +330,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate_recipe(args: argparse.Namespace) -> int:
     import kgl
-    from kgl._utils import atomic_path, ensure_dir
+    from kgl._files import atomic_path, ensure_dir
 
     out = ensure_dir(args.out, what="protocol outputs")
     names = ("backbone", "weights", "epochs", "input_size", "patch_um", "batch_size", "augment", "select")
@@ -368,7 +368,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     import kgl
 
     out = Path(args.out)
-    from kgl._utils import ensure_dir
+    from kgl._files import ensure_dir
 
     ensure_dir(out, what="demo outputs")
     if args.model in kgl.models.REGISTRY:

@@ -61,7 +61,7 @@ def _paint_white(src: Path, dest: Path, rects: list[list[int]]) -> None:
     import numpy as np
     from PIL import Image
 
-    from kgl._utils import atomic_path
+    from kgl._files import atomic_path
 
     with Image.open(src) as im:
         arr = np.array(im.convert("RGB"))
@@ -72,7 +72,7 @@ def _paint_white(src: Path, dest: Path, rects: list[list[int]]) -> None:
 
 
 def _retrieve(url: str, sha256: str, dest: Path, what: str) -> None:
-    from kgl._utils import pooch_download
+    from kgl._files import pooch_download
 
     pooch_download(url, sha256, dest, what=what, fallback="point KGL_DATA_DIR at a local copy of the data folder")
 

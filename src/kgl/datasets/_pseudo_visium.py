@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from kgl._files import ensure_dir
 from kgl._geometry import (
     ROW_PITCH_UM,
     SPOT_DIAMETER_FULLRES_UM,
@@ -30,7 +31,6 @@ from kgl._geometry import (
 )
 from kgl._logging import logger
 from kgl._settings import settings
-from kgl._utils import ensure_dir
 
 __all__ = ["he_biopsy_visium", "pas_tiles_visium", "pseudo_visium"]
 

@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from kgl._files import atomic_path
 from kgl._geometry import ROW_PITCH_UM, SPOT_DIAMETER_UM, SPOT_PITCH_UM, spot_coverage, spot_lattice
 from kgl._logging import logger
-from kgl._utils import atomic_path
 from kgl._validators import check_int
 
 __all__ = ["LABEL_NAMES", "patch_counts", "read_patch", "sample_patches", "write_patches"]

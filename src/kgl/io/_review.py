@@ -18,12 +18,12 @@ import numpy as np
 import pandas as pd
 
 from kgl._docs import d
+from kgl._files import atomic_path
 from kgl._logging import logger
 from kgl._utils import (
     FALLBACK_COLORS,
     SPOT_DIAMETER_UM,
     _spatial_uns,
-    atomic_path,
     class_colors,
     library_mask,
     library_mpp,

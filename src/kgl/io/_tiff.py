@@ -149,7 +149,7 @@ def write_tiff_pyramid(
     import tifffile
 
     path = Path(path)
-    from kgl._utils import ensure_dir
+    from kgl._files import ensure_dir
 
     ensure_dir(path.parent, what=f"file {path.name!r}")
     pyramid = [image]

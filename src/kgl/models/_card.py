@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from kgl._utils import atomic_path
+from kgl._files import atomic_path
 
 __all__ = ["model_card", "write_model_card"]
 

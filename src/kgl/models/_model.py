@@ -12,8 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from kgl._files import atomic_path, torch_error_summary
 from kgl._logging import logger
-from kgl._utils import atomic_path, torch_error_summary
 from kgl.models._config import IMAGENET_MEAN, IMAGENET_STD, ModelConfig
 
 __all__ = [

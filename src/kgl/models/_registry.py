@@ -145,7 +145,7 @@ def fetch_model(name: str) -> Path:
         )
     if entry.sha256 is None:
         raise ValueError(f"Registry entry {name!r} has a URL but no sha256: kgl downloads only checksummed files.")
-    from kgl._utils import pooch_download
+    from kgl._files import pooch_download
 
     return pooch_download(
         entry.url,

@@ -21,7 +21,7 @@ def _save(fig: Any, save: str | os.PathLike | None, dpi: int) -> None:
     """Write ``fig`` atomically; the format follows the suffix (PNG when there is none)."""
     if save is None:
         return
-    from kgl._utils import atomic_path
+    from kgl._files import atomic_path
 
     save = Path(save)
     fmt = save.suffix.lstrip(".").lower() or "png"

@@ -178,7 +178,7 @@ def spatial_glom(
     axes = sq.pl.spatial_scatter(adata, **plot_kwargs)
     axs = list(np.ravel(axes)) if isinstance(axes, list | np.ndarray) else [axes]
     if save is not None:
-        from kgl._utils import atomic_path
+        from kgl._files import atomic_path
 
         save = Path(save)
         with atomic_path(save) as tmp:

@@ -272,7 +272,7 @@ def rescore_protocol(
 
 
 def _write_rows(rows: list[dict[str, Any]], path: Path) -> None:
-    from kgl._utils import atomic_path
+    from kgl._files import atomic_path
 
     with atomic_path(path) as f:
         pd.DataFrame(rows).to_csv(f, index=False)

@@ -303,7 +303,7 @@ def train(
     dev = resolve_device(cfg.device)
     amp = autocast_dtype(dev, cfg.precision)
     if cfg.out is not None:
-        from kgl._utils import ensure_dir
+        from kgl._files import ensure_dir
 
         ensure_dir(cfg.out, what="training outputs")
     model = _build_model(cfg, patch_um=patch_um, device=dev)
@@ -435,7 +435,7 @@ def _resume(cfg: TrainConfig, fit: _Fit, data: _Data) -> _Progress:
 
     import torch
 
-    from kgl._utils import torch_error_summary
+    from kgl._files import torch_error_summary
 
     out = cfg.out
     if out is None or not (out / "last.pt").exists():
@@ -619,7 +619,7 @@ def _class_counts(patches: pd.DataFrame, split_key: str) -> dict[str, dict[str, 
 
 
 def _write_history(out: Path, history: Sequence[dict[str, Any]]) -> None:
-    from kgl._utils import atomic_path
+    from kgl._files import atomic_path
 
     with atomic_path(out / "history.csv") as tmp:
         pd.DataFrame(history).to_csv(tmp, index=False)
@@ -629,7 +629,7 @@ def _save_state(out: Path, fit: _Fit, data: _Data, progress: _Progress, *, epoch
     """``last.pt`` (resumable, loads with ``weights_only=True``: tensors, numbers, strings) and ``history.csv``."""
     import torch
 
-    from kgl._utils import atomic_path
+    from kgl._files import atomic_path
 
     state = {
         "model": {k: v.detach().cpu() for k, v in fit.model.state_dict().items()},
