@@ -10,37 +10,35 @@ from kgl.models._config import Calibration, ModelConfig, Preprocessing
 from kgl.models._registry import REGISTRY, ModelEntry, available_models, fetch_model, model_dir
 from kgl.models._resolve import DEFAULT_MODEL, resolve_model
 
-# Names from kgl.models._model load torch: they are imported on first access, so the registry (and
+# These names load torch: they are imported on first access, so the registry (and
 # kgl.recipes.DEFAULT_RECIPE, which reads it) stay torch-free.
 _TORCH_NAMES = {
-    "CLASS_NAMES",
-    "DEFAULT_WEIGHTS",
-    "GlomClassifier",
-    "build_model",
-    "fold_batchnorm",
-    "load_checkpoint",
-    "model_config",
-    "save_checkpoint",
-    "state_dict_sha256",
+    "CLASS_NAMES": "kgl.models._model",
+    "DEFAULT_WEIGHTS": "kgl.models._model",
+    "GlomClassifier": "kgl.models._model",
+    "build_model": "kgl.models._model",
+    "fold_batchnorm": "kgl.models._model",
+    "model_config": "kgl.models._model",
+    "load_checkpoint": "kgl.models._checkpoint",
+    "save_checkpoint": "kgl.models._checkpoint",
+    "state_dict_sha256": "kgl.models._checkpoint",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
+    from kgl.models._checkpoint import load_checkpoint, save_checkpoint, state_dict_sha256
     from kgl.models._model import (
         CLASS_NAMES,
         DEFAULT_WEIGHTS,
         GlomClassifier,
         build_model,
         fold_batchnorm,
-        load_checkpoint,
         model_config,
-        save_checkpoint,
-        state_dict_sha256,
     )
 
 
 def __getattr__(name: str):
     if name in _TORCH_NAMES:
-        return getattr(importlib.import_module("kgl.models._model"), name)
+        return getattr(importlib.import_module(_TORCH_NAMES[name]), name)
     raise AttributeError(f"module 'kgl.models' has no attribute {name!r}")
 
 

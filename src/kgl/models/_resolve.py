@@ -17,7 +17,8 @@ def resolve_model(model: Any = None) -> Any:
     """Resolve ``model`` (checkpoint path, registry name, ``"backbone[:WEIGHTS]"`` or torch module)."""
     from torch import nn
 
-    from kgl.models._model import GlomClassifier, build_model, load_checkpoint
+    from kgl.models._checkpoint import load_checkpoint
+    from kgl.models._model import GlomClassifier, build_model
 
     if model is None:
         model = DEFAULT_MODEL
