@@ -332,13 +332,30 @@ class _Result:
 class _Run:
     """One classification call: the folded model and its settings; :meth:`classify` scores every library."""
 
-    def __init__(self, net: Any, spec: Any, **settings: Any) -> None:
+    def __init__(
+        self,
+        net: Any,
+        spec: Any,
+        *,
+        patch_um: float,
+        input_size: int,
+        batch_size: int,
+        num_workers: int,
+        device: Any,
+        amp: Any,
+        adapt_bn: bool,
+        stain_norm: str | None,
+        show_progress: bool,
+    ) -> None:
         import torch
 
         from kgl.models import fold_batchnorm, state_dict_sha256
 
         self.base, self.spec = net, spec
-        self.__dict__.update(settings)
+        self.patch_um, self.input_size = patch_um, input_size
+        self.batch_size, self.num_workers, self.show_progress = batch_size, num_workers, show_progress
+        self.device, self.amp = device, amp
+        self.adapt_bn, self.stain_norm = adapt_bn, stain_norm
         self.model_sha256 = state_dict_sha256(net)
         # a folded copy: the caller's model keeps its BatchNorm layers, device and mode
         self.folded = None if self.adapt_bn else fold_batchnorm(net).to(self.device, memory_format=torch.channels_last)
