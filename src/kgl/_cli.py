@@ -139,6 +139,11 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--no-adabn", action="store_true", help="do not score the AdaBN variant")
     e.add_argument("--no-stain-norm", action="store_true", help="do not score the Macenko stain-normalised variant")
     e.add_argument("--resume", action="store_true", help="continue the trainings of an interrupted run in --out")
+    e.add_argument(
+        "--allow-upsampling",
+        action="store_true",
+        help="score spot sets whose image has fewer px per µm than the model's input needs (interpolated)",
+    )
     e.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: %(default)s)")
 
     d = sub.add_parser(
@@ -345,6 +350,7 @@ def _cmd_evaluate_recipe(args: argparse.Namespace) -> int:
         adabn=not args.no_adabn,
         stain_norm=not args.no_stain_norm,
         resume=args.resume,
+        allow_upsampling=args.allow_upsampling,
         device=args.device,
     )
     summary = kgl.recipes.summarise_protocol(rows)

@@ -44,3 +44,23 @@ def test_registry_bad_checksum_is_refused(served, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"(?i)hash"):
         resolve_model("bad")
     assert not (tmp_path / "cache" / "models" / "bad.pt").exists()
+
+
+def test_registry_default_is_an_alias_like_torchvision_weights(served, tmp_path, monkeypatch):
+    """``REGISTRY["DEFAULT"]`` / ``REGISTRY.DEFAULT`` are the default model's entry, listed once by its name."""
+    from kgl.models import DEFAULT_MODEL, available_models, fetch_model
+
+    assert REGISTRY.DEFAULT is REGISTRY[DEFAULT_MODEL] is REGISTRY["DEFAULT"]
+    assert "DEFAULT" in REGISTRY and "DEFAULT" not in available_models()
+    assert REGISTRY.resolve("DEFAULT") == DEFAULT_MODEL
+    with pytest.raises(KeyError, match="alias"):
+        REGISTRY["DEFAULT"] = REGISTRY.DEFAULT
+    with pytest.raises(KeyError, match=r"Registered: \[.*kgl-glom-v2"):
+        fetch_model("no-such-model")
+    # the alias resolves to the real entry's file: a cached default model is found through "DEFAULT"
+    _, path, model = served
+    monkeypatch.setattr(settings, "cachedir", tmp_path / "cache")
+    (tmp_path / "cache" / "models").mkdir(parents=True)
+    (tmp_path / "cache" / "models" / REGISTRY.DEFAULT.filename).write_bytes(path.read_bytes())
+    assert fetch_model("DEFAULT") == tmp_path / "cache" / "models" / REGISTRY.DEFAULT.filename
+    assert state_dict_sha256(resolve_model("DEFAULT")) == state_dict_sha256(model)

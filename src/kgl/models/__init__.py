@@ -7,8 +7,16 @@ from typing import TYPE_CHECKING
 
 from kgl.models._card import model_card, write_model_card
 from kgl.models._config import Calibration, ModelConfig, Preprocessing
-from kgl.models._registry import REGISTRY, ModelEntry, available_models, fetch_model, model_dir
-from kgl.models._resolve import DEFAULT_MODEL, resolve_model
+from kgl.models._registry import (
+    DEFAULT_MODEL,
+    REGISTRY,
+    ModelEntry,
+    ModelRegistry,
+    available_models,
+    fetch_model,
+    model_dir,
+)
+from kgl.models._resolve import resolve_model
 
 # These names load torch: they are imported on first access, so the registry (and
 # kgl.recipes.DEFAULT_RECIPE, which reads it) stay torch-free.
@@ -55,6 +63,7 @@ __all__ = [
     "GlomClassifier",
     "ModelConfig",
     "ModelEntry",
+    "ModelRegistry",
     "Preprocessing",
     "available_models",
     "build_model",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -11,7 +11,11 @@ from typing import Any
 from kgl._settings import settings
 from kgl.models._config import Preprocessing
 
-__all__ = ["REGISTRY", "ModelEntry", "available_models", "fetch_model", "model_dir"]
+__all__ = ["DEFAULT_MODEL", "REGISTRY", "ModelEntry", "ModelRegistry", "available_models", "fetch_model", "model_dir"]
+
+#: Registry name of the model :func:`kgl.tl.classify_spots` uses when no ``model`` is given
+#: (``REGISTRY["DEFAULT"]``, ``REGISTRY.DEFAULT``).
+DEFAULT_MODEL = "kgl-glom-v2"
 
 
 @dataclass(frozen=True)
@@ -93,9 +97,65 @@ _PROTOCOL_V2: dict[str, Any] = {
     },
 }
 
+
+class ModelRegistry(MutableMapping[str, ModelEntry]):
+    """Name → :class:`ModelEntry`, with ``"DEFAULT"`` as an alias of the default model.
+
+    Like a torchvision ``Weights`` enum, whose ``DEFAULT`` is an alias and not a member of its own:
+    ``REGISTRY["DEFAULT"]`` and ``REGISTRY.DEFAULT`` give the entry of :data:`DEFAULT_MODEL`, ``"DEFAULT"``
+    is ``in`` the registry, and iterating (``sorted(REGISTRY)``, :func:`available_models`) lists each
+    model once, by its real name.
+    """
+
+    ALIAS = "DEFAULT"
+
+    def __init__(self, entries: Mapping[str, ModelEntry], *, default: str) -> None:
+        self._entries = dict(entries)
+        if default not in self._entries:
+            raise KeyError(f"default model {default!r} is not among {sorted(self._entries)}.")
+        self._default = default
+
+    def resolve(self, name: str) -> str:
+        """The real name of ``name`` (``"DEFAULT"`` → the default model's name); ``KeyError`` if unknown."""
+        name = self._default if name == self.ALIAS else name
+        if name not in self._entries:
+            raise KeyError(f"Unknown model {name!r}. Registered: {sorted(self._entries)} (or {self.ALIAS!r}).")
+        return name
+
+    @property
+    def DEFAULT(self) -> ModelEntry:  # torchvision spells it Weights.DEFAULT
+        """The default model's entry."""
+        return self._entries[self._default]
+
+    def __getitem__(self, name: str) -> ModelEntry:
+        return self._entries[self.resolve(name)]
+
+    def __contains__(self, name: object) -> bool:
+        return name == self.ALIAS or name in self._entries
+
+    def __setitem__(self, name: str, entry: ModelEntry) -> None:
+        if name == self.ALIAS:
+            raise KeyError(f"{self.ALIAS!r} is an alias of the default model ({self._default!r}), not a name.")
+        self._entries[name] = entry
+
+    def __delitem__(self, name: str) -> None:
+        if self.resolve(name) == self._default:
+            raise KeyError(f"{self._default!r} is the default model and cannot be removed.")
+        del self._entries[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __repr__(self) -> str:
+        return f"ModelRegistry({sorted(self._entries)}, DEFAULT={self._default!r})"
+
+
 #: Trained glomerulus models, produced by ``kgl train --name NAME`` (kgl.recipes.train_default_model with the
 #: entry's recipe) into the model cache; not hosted yet (``url=None``), so online users train them once too.
-REGISTRY: dict[str, ModelEntry] = {
+REGISTRY = ModelRegistry({
     "kgl-glom-v1": ModelEntry(
         name="kgl-glom-v1",
         filename="kgl-glom-v1.pt",
@@ -115,7 +175,7 @@ REGISTRY: dict[str, ModelEntry] = {
         recipe=MappingProxyType({**_BASE_RECIPE, "input_size": 112, "epochs": 4, "he_repeat": 3, "select": "val_loss"}),
         protocol=MappingProxyType(_PROTOCOL_V2),
     ),
-}
+}, default=DEFAULT_MODEL)  # fmt: skip
 
 
 def available_models() -> list[str]:
@@ -130,8 +190,7 @@ def model_dir() -> Path:
 
 def fetch_model(name: str) -> Path:
     """Local path of a registered model: the cached file, or a sha256-checked download via pooch."""
-    if name not in REGISTRY:
-        raise KeyError(f"Unknown model {name!r}. Registered: {available_models()}.")
+    name = REGISTRY.resolve(name)  # KeyError naming the registered models
     entry = REGISTRY[name]
     local = model_dir() / entry.filename
     if local.exists() and entry.url is None:

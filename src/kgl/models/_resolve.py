@@ -7,10 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from kgl._logging import logger
-from kgl.models._registry import REGISTRY, fetch_model
+from kgl.models._registry import DEFAULT_MODEL, REGISTRY, fetch_model
 
-#: Registry name of the model :func:`kgl.tl.classify_spots` uses when no ``model`` is given.
-DEFAULT_MODEL = "kgl-glom-v2"
+__all__ = ["DEFAULT_MODEL", "resolve_model"]
 
 
 def resolve_model(model: Any = None) -> Any:

@@ -49,7 +49,13 @@ TTA_VARIANTS: dict[str, dict[str, Any]] = {
 
 
 def _spot_rows(
-    model: Any, adata: AnnData, *, device: Any, tta: Sequence[str] = ("plain",), base: dict[str, Any]
+    model: Any,
+    adata: AnnData,
+    *,
+    device: Any,
+    tta: Sequence[str] = ("plain",),
+    base: dict[str, Any],
+    allow_upsampling: bool = False,
 ) -> list[dict[str, Any]]:
     """Classify a pseudo-Visium with each test-time variant and score each threshold rule against its coverage."""
     from kgl.tl import apply_threshold_rule, classify_spots, evaluate
@@ -61,7 +67,14 @@ def _spot_rows(
     rows = []
     for variant in tta:
         out = classify_spots(
-            adata, model, copy=True, show_progress=False, device=device, uncertain=None, **TTA_VARIANTS[variant]
+            adata,
+            model,
+            copy=True,
+            show_progress=False,
+            device=device,
+            uncertain=None,
+            allow_upsampling=allow_upsampling,
+            **TTA_VARIANTS[variant],
         )
         p_all = out.obs["glomerulus_proba"].to_numpy(dtype=np.float64)
         for rule in ("validation", "expected-f1", "prior-shift"):
@@ -81,6 +94,7 @@ def evaluate_recipe(
     adabn: bool = True,
     stain_norm: bool = True,
     resume: bool = False,
+    allow_upsampling: bool = False,
     device: Any = "auto",
     show_progress: bool = False,
 ) -> pd.DataFrame:
@@ -107,6 +121,11 @@ def evaluate_recipe(
         Continue each training from its ``last.pt`` in ``out_dir`` when there is one (a protocol run that
         was interrupted; see ``resume`` of :func:`kgl.tl.train`); a finished training is only scored again.
         Its ``seconds`` are then those of the epochs run now.
+    allow_upsampling
+        Passed to :func:`kgl.tl.classify_spots` for every spot set: a recipe whose input needs more
+        pixels per µm than a test image has (e.g. 224 px over the recipe's patch on the 1.08 µm/px
+        H&E case C004) is refused otherwise. Upsampled scores are scores of an interpolated image:
+        say so next to them.
     device, show_progress
         As in :func:`kgl.tl.train`.
 
@@ -197,15 +216,10 @@ def evaluate_recipe(
                 rows.append({**base, "set": "multistain-test", "case": "", "tta": "plain",
                              "threshold_rule": "validation", "threshold": thr,
                              "n": len(y), "n_pos": int(y.sum()), **{k: m[k] for k in _METRICS}})  # fmt: skip
-                rows += _spot_rows(model, pas, device=device, tta=tta, base={**base, "set": "pas-spots", "case": ""})
+                up = {"device": device, "tta": tta, "allow_upsampling": allow_upsampling}
+                rows += _spot_rows(model, pas, **up, base={**base, "set": "pas-spots", "case": ""})
                 for case in test_cases:
-                    rows += _spot_rows(
-                        model,
-                        he_spots[case],
-                        device=device,
-                        tta=tta,
-                        base={**base, "set": "he-spots", "case": case},
-                    )
+                    rows += _spot_rows(model, he_spots[case], **up, base={**base, "set": "he-spots", "case": case})
                 if tmp is None:  # after every training: an interrupted protocol keeps what it measured
                     _write_rows(rows, out / "protocol.csv")
                 logger.info(
@@ -233,7 +247,11 @@ def evaluate_recipe(
 
 
 def rescore_protocol(
-    out_dir: str | os.PathLike, tta: Sequence[str] = ("macenko",), *, device: Any = "auto"
+    out_dir: str | os.PathLike,
+    tta: Sequence[str] = ("macenko",),
+    *,
+    allow_upsampling: bool = False,
+    device: Any = "auto",
 ) -> pd.DataFrame:
     """Score the checkpoints of a finished :func:`evaluate_recipe` run with more test-time variants.
 
@@ -241,6 +259,7 @@ def rescore_protocol(
     (the PAS tiles, and the H&E case(s) its fold did not train on) with each variant of ``tta``
     (:data:`TTA_VARIANTS`); the rows replace any earlier ones of those variants in
     ``<out_dir>/protocol.csv``, which is returned. No training, and no test case is added.
+    ``allow_upsampling`` as in :func:`evaluate_recipe`.
     """
     import kgl
     from kgl.models import load_checkpoint
@@ -260,11 +279,10 @@ def rescore_protocol(
     for r in runs.itertuples(index=False):
         model = load_checkpoint(out / f"seed{r.seed}-{r.fold}" / "best.pt")
         base = {"seed": int(r.seed), "fold": r.fold, "seconds": r.seconds, "best_epoch": r.best_epoch}
-        rows += _spot_rows(model, pas, device=device, tta=tta, base={**base, "set": "pas-spots", "case": ""})
+        up = {"device": device, "tta": tta, "allow_upsampling": allow_upsampling}
+        rows += _spot_rows(model, pas, **up, base={**base, "set": "pas-spots", "case": ""})
         for case in [r.fold] if r.fold in HE_CASES else HE_CASES:
-            rows += _spot_rows(
-                model, he_spots[case], device=device, tta=tta, base={**base, "set": "he-spots", "case": case}
-            )
+            rows += _spot_rows(model, he_spots[case], **up, base={**base, "set": "he-spots", "case": case})
     keep = old[~(old["tta"].isin(tta) & old["set"].isin(["pas-spots", "he-spots"]))]  # only spot sets are re-scored
     df = pd.concat([keep, pd.DataFrame(rows)], ignore_index=True)
     _write_rows(df.to_dict("records"), path)

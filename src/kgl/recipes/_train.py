@@ -159,6 +159,8 @@ def train_default_model(
     unknown = set(overrides) - set(DEFAULT_RECIPE)
     if unknown:
         raise TypeError(f"Unknown recipe entries {sorted(unknown)}; the recipe has {sorted(DEFAULT_RECIPE)}.")
+    if name in REGISTRY:
+        name = REGISTRY.resolve(name)  # "DEFAULT" trains (and installs as) the default model's real name
     base = REGISTRY[name].recipe if name in REGISTRY else DEFAULT_RECIPE
     recipe = {**base, **overrides}
     out = Path(out_dir) if out_dir is not None else Path(settings.cachedir) / "training" / name
