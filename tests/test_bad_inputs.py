@@ -1305,21 +1305,21 @@ def _(c):
 def _(c):
     a, path = _reviewable(c)
     _edit_review(path, lambda o: o["features"][0]["properties"]["classification"].__setitem__("name", "Glomerulus"))
-    return lambda: kgl.io.read_review(a, path), [a, c.tmp]
+    return lambda: kgl.tl.apply_review(a, path), [a, c.tmp]
 
 
 @case("review-read-unknown-barcode", KeyError, r"not in adata.obs_names.*review file of this sample")
 def _(c):
     a, path = _reviewable(c)
     _edit_review(path, lambda o: o["features"][0]["properties"].update(name="XX-1", barcode="XX-1"))
-    return lambda: kgl.io.read_review(a, path), [a, c.tmp]
+    return lambda: kgl.tl.apply_review(a, path), [a, c.tmp]
 
 
 @case("review-read-not-geojson", ValueError, r"not a GeoJSON FeatureCollection.*Export objects as GeoJSON")
 def _(c):
     a, path = _reviewable(c)
     path.write_text(json.dumps({"type": "Feature", "geometry": None, "properties": {}}))
-    return lambda: kgl.io.read_review(a, path), [a, c.tmp]
+    return lambda: kgl.tl.apply_review(a, path), [a, c.tmp]
 
 
 # ---------------------------------------------------------------------------------------------

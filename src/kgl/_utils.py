@@ -184,7 +184,7 @@ def obs_labels(adata: AnnData, key: str = "glomerulus", *, need_proba: bool = Fa
 def reviewed_labels(adata: AnnData, key: str = "glomerulus") -> Any:
     """The labels downstream functions use: ``obs[f"{key}_reviewed"]`` where a reviewer set one, else ``obs[key]``.
 
-    Manual review (:func:`kgl.io.read_review`) writes ``obs[f"{key}_reviewed"]``, a categorical with
+    Manual review (:func:`kgl.tl.apply_review`) writes ``obs[f"{key}_reviewed"]``, a categorical with
     the same categories as ``obs[key]`` and missing values for spots nobody reviewed; reviewed
     labels win. Returns a categorical :class:`~pandas.Series` indexed like ``adata.obs``.
 

@@ -17,7 +17,7 @@ from kgl._logging import logger
 if TYPE_CHECKING:  # pragma: no cover
     from anndata import AnnData
 
-__all__ = ["check_int", "check_patch_args", "one_library", "save_data", "select_spots"]
+__all__ = ["check_int", "check_patch_args", "check_unique_barcodes", "one_library", "save_data", "select_spots"]
 
 
 def check_int(value: Any, name: str, *, minimum: int = 1, what: str = "") -> int:
@@ -41,6 +41,16 @@ def check_patch_args(patch_um: float, size: int) -> None:
     if not np.isfinite(patch_um) or patch_um <= 0:
         raise ValueError(f"patch_um must be a positive number of µm, got {patch_um!r}.")
     check_int(size, "size", minimum=8, what="output patch side in pixels")
+
+
+def check_unique_barcodes(adata: AnnData) -> None:
+    """Refuse duplicate ``obs_names``: review features are matched to spots by barcode."""
+    if not adata.obs_names.is_unique:
+        dup = adata.obs_names[adata.obs_names.duplicated()]
+        raise ValueError(
+            f"adata.obs_names has {len(dup)} duplicate barcodes (e.g. {dup[0]!r}): review features are matched to "
+            "spots by barcode. Call adata.obs_names_make_unique() first."
+        )
 
 
 def one_library(adata: AnnData, library_id: str | None, *, spatial_key: str = "spatial", hint: str = "") -> str:

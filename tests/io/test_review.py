@@ -233,7 +233,7 @@ def test_round_trip(classified, tmp_path, kgl_log):
     outline = {"type": "Feature", "geometry": {"type": "Point", "coordinates": [1, 2]}, "properties": {}}
     edited = _edit(src, tmp_path / "edited.geojson", changes, drop=drop, unclassify={names[9]}, extra=[outline])
     before = _sha(edited)
-    assert kgl.io.read_review(classified, edited) is None
+    assert kgl.tl.apply_review(classified, edited) is None
     rev = classified.obs["glomerulus_reviewed"]
     assert isinstance(rev.dtype, pd.CategoricalDtype)
     assert rev.cat.categories.tolist() == classified.obs["glomerulus"].cat.categories.tolist()
@@ -258,7 +258,7 @@ def test_round_trip(classified, tmp_path, kgl_log):
 
 
 def test_read_review_unedited_changes_nothing(classified, tmp_path):
-    kgl.io.read_review(classified, kgl.io.write_review(classified, tmp_path / "r.geojson"))
+    kgl.tl.apply_review(classified, kgl.io.write_review(classified, tmp_path / "r.geojson"))
     pd.testing.assert_series_equal(
         classified.obs["glomerulus_reviewed"], classified.obs["glomerulus"], check_names=False
     )
@@ -269,7 +269,7 @@ def test_read_review_copy(classified, tmp_path):
     written = kgl.io.write_review(classified, tmp_path / "r.geojson")
     path = _edit(written, tmp_path / "e.geojson", {"lib-s0002": "other"})
     snap = _snapshot(classified)
-    out = kgl.io.read_review(classified, path, copy=True)
+    out = kgl.tl.apply_review(classified, path, copy=True)
     _assert_unchanged(classified, snap)
     assert out.obs["glomerulus_reviewed"]["lib-s0002"] == "other"
     assert out.uns["glomerulus"]["review"]["n_changed"] == 1 and "review" not in classified.uns["glomerulus"]
@@ -284,7 +284,7 @@ def test_read_review_qupath_variants(classified, tmp_path):
     f1["properties"]["classification"]["name"] = "glomerulus"
     path = tmp_path / "list.geojson"
     path.write_text(json.dumps([f0, f1]))
-    kgl.io.read_review(classified, path)
+    kgl.tl.apply_review(classified, path)
     rev = classified.obs["glomerulus_reviewed"]
     assert rev["lib-s0002"] == "other" and rev["lib-s0005"] == "glomerulus" and rev.notna().sum() == 2
 
@@ -292,14 +292,14 @@ def test_read_review_qupath_variants(classified, tmp_path):
 def test_read_review_update_across_libraries(tmp_path):
     both = _two_libraries()
     wa = kgl.io.write_review(both, tmp_path / "a.geojson", library_id="A")
-    kgl.io.read_review(both, _edit(wa, tmp_path / "ae", {"A-s0002": "other"}))
+    kgl.tl.apply_review(both, _edit(wa, tmp_path / "ae", {"A-s0002": "other"}))
     wb = kgl.io.write_review(both, tmp_path / "b.geojson", library_id="B")
     eb = _edit(wb, tmp_path / "be", {"B-s0000": "glomerulus"})
-    kgl.io.read_review(both, eb, update=True)
+    kgl.tl.apply_review(both, eb, update=True)
     rev = both.obs["glomerulus_reviewed"]
     assert rev.notna().all() and rev["A-s0002"] == "other" and rev["B-s0000"] == "glomerulus"
     assert both.uns["glomerulus"]["review"]["n_changed"] == 2
-    kgl.io.read_review(both, eb)  # without update: this file's labels only
+    kgl.tl.apply_review(both, eb)  # without update: this file's labels only
     rev = both.obs["glomerulus_reviewed"]
     assert rev.notna().sum() == (both.obs["library_id"] == "B").sum() and pd.isna(rev["A-s0002"])
 
@@ -360,10 +360,10 @@ BAD = [
 def test_read_review_bad_files_change_nothing(classified, tmp_path, name):
     make, exc, match = _bad(name)
     path = make(classified, tmp_path)
-    kgl.io.read_review(classified, kgl.io.write_review(classified, tmp_path / "old.geojson"))  # an earlier review
+    kgl.tl.apply_review(classified, kgl.io.write_review(classified, tmp_path / "old.geojson"))  # an earlier review
     snap, sha = _snapshot(classified), _sha(path)
     with pytest.raises(exc, match=match):
-        kgl.io.read_review(classified, path)
+        kgl.tl.apply_review(classified, path)
     _assert_unchanged(classified, snap)
     assert _sha(path) == sha
 
@@ -371,8 +371,30 @@ def test_read_review_bad_files_change_nothing(classified, tmp_path, name):
 def test_read_review_missing_inputs(classified, tmp_path):
     snap = _snapshot(classified)
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        kgl.io.read_review(classified, tmp_path / "nothing.geojson")
+        kgl.tl.apply_review(classified, tmp_path / "nothing.geojson")
     path = kgl.io.write_review(classified, tmp_path / "r.geojson")
     with pytest.raises(KeyError, match=r"no \['g'\].*classify_spots\(adata, key_added='g'\)"):
-        kgl.io.read_review(classified, path, key="g")
+        kgl.tl.apply_review(classified, path, key="g")
     _assert_unchanged(classified, snap)
+
+
+def test_read_review_only_reads(classified, tmp_path):
+    """The reader returns the file's features and touches no AnnData; apply_review accepts its table."""
+    written = kgl.io.write_review(classified, tmp_path / "r.geojson", spots=["lib-s0002", "lib-s0005"])
+    path = _edit(written, tmp_path / "e.geojson", {"lib-s0002": "other"}, unclassify={"lib-s0005"})
+    snap = _snapshot(classified)
+    table = kgl.io.read_review(path)
+    _assert_unchanged(classified, snap)
+    assert list(table.columns) == list(kgl.io.REVIEW_COLUMNS) and table.attrs["path"] == str(path)
+    rows = table.set_index("name")
+    assert rows.loc["lib-s0002", "classification"] == "other"
+    assert rows.loc["lib-s0002", "barcode"] is None  # QuPath drops plain properties
+    assert rows.loc["lib-s0005", "classification"] is None
+    kgl.tl.apply_review(classified, table)  # the table, as the path would be
+    rev = classified.obs["glomerulus_reviewed"]
+    assert rev["lib-s0002"] == "other" and rev.notna().sum() == 1
+    assert classified.uns["glomerulus"]["review"]["path"] == str(path)
+    with pytest.raises(TypeError, match=r"kgl\.tl\.apply_review\(adata, path\)"):
+        kgl.io.read_review(classified)  # an AnnData, as the old read_review(adata, path) took
+    with pytest.raises(KeyError, match=r"lacks column\(s\) \['classification'\]"):
+        kgl.tl.apply_review(classified, table.drop(columns="classification"))

@@ -34,7 +34,7 @@ def _review(adata, tmp_path, changes):
         if f["properties"]["name"] in changes:
             f["properties"]["classification"]["name"] = changes[f["properties"]["name"]]
     path.write_text(json.dumps(data))
-    kgl.io.read_review(adata, path)
+    kgl.tl.apply_review(adata, path)
 
 
 def _rows(fig, n):

@@ -2,9 +2,9 @@
 
 The loop: :func:`kgl.tl.classify_spots` → :func:`write_review` (e.g. only the uncertain spots) →
 open the file in QuPath over the full-resolution image (*File ▸ Import objects*), correct the
-classifications → *File ▸ Export objects as GeoJSON* → :func:`read_review`, which writes
-``obs[f"{key}_reviewed"]``. Functions that need labels use :func:`kgl._utils.reviewed_labels`, so
-reviewed labels win downstream.
+classifications → *File ▸ Export objects as GeoJSON* → :func:`kgl.tl.apply_review`, which writes
+``obs[f"{key}_reviewed"]`` (reading the file with :func:`read_review`, which only reads). Functions
+that need labels use :func:`kgl._utils.reviewed_labels`, so reviewed labels win downstream.
 """
 
 from __future__ import annotations
@@ -31,21 +31,12 @@ from kgl._utils import (
     resolve_library_ids,
     rgb,
 )
-from kgl._validators import one_library, save_data, select_spots
+from kgl._validators import check_unique_barcodes, one_library, select_spots
 
 if TYPE_CHECKING:  # pragma: no cover
     from anndata import AnnData
 
-__all__ = ["read_review", "write_review"]
-
-
-def _check_unique_barcodes(adata: AnnData) -> None:
-    if not adata.obs_names.is_unique:
-        dup = adata.obs_names[adata.obs_names.duplicated()]
-        raise ValueError(
-            f"adata.obs_names has {len(dup)} duplicate barcodes (e.g. {dup[0]!r}): review features are matched to "
-            "spots by barcode. Call adata.obs_names_make_unique() first."
-        )
+__all__ = ["REVIEW_COLUMNS", "read_review", "write_review"]
 
 
 def _circle(x: float, y: float, r: float, n: int) -> list[list[float]]:
@@ -76,7 +67,7 @@ def write_review(
     run on): import it over that image in QuPath (*File ▸ Import objects*, or drag and drop). The
     feature's ``name`` is the barcode and its ``classification`` the call (coloured as in
     ``uns[f"{key}_colors"]``); the probability is a measurement. Correct the classifications, export
-    with *File ▸ Export objects as GeoJSON* and read the result with :func:`read_review`.
+    with *File ▸ Export objects as GeoJSON* and apply the result with :func:`kgl.tl.apply_review`.
 
     Parameters
     ----------
@@ -126,7 +117,7 @@ def write_review(
     labels = obs_labels(adata, key, need_proba=True)
     all_libs = resolve_library_ids(adata, None, spatial_key=spatial_key)
     lib = one_library(adata, library_id, spatial_key=spatial_key, hint="one review file per image")
-    _check_unique_barcodes(adata)
+    check_unique_barcodes(adata)
     if spatial_key not in adata.obsm:
         raise KeyError(f"adata.obsm[{spatial_key!r}] not found (spot centres). Available: {list(adata.obsm.keys())}.")
     coords = np.asarray(adata.obsm[spatial_key], dtype=np.float64)
@@ -234,156 +225,54 @@ def _feature_class(props: dict) -> str | None:
     return None
 
 
-def _feature_barcode(props: dict, obs_names: pd.Index) -> str | None:
-    name, barcode = props.get("name"), props.get("barcode")
-    name = None if name is None else str(name)
-    barcode = None if barcode is None else str(barcode)
-    if name is not None and (name in obs_names or barcode is None):
-        return name
-    return barcode
+#: Columns of :func:`read_review`'s table.
+REVIEW_COLUMNS = ("name", "barcode", "classification")
 
 
-def read_review(
-    adata: AnnData,
-    path: str | os.PathLike,
-    *,
-    key: str = "glomerulus",
-    update: bool = False,
-    copy: bool = False,
-) -> Any:
-    """Read reviewed spot classes from a (QuPath-edited) :func:`write_review` GeoJSON.
+def read_review(path: str | os.PathLike) -> pd.DataFrame:
+    """Read the features of a (QuPath-edited) :func:`write_review` GeoJSON, one row per feature.
 
-    Features are matched to spots by barcode: ``properties.name`` (what QuPath shows and keeps),
-    else ``properties.barcode``. The feature's ``classification.name`` is the reviewed label;
-    features without a classification leave their spot unreviewed, and features without any
-    barcode (e.g. outlines drawn in QuPath) are ignored with a warning. Geometry is not read:
-    spots do not move.
+    A reader: it returns what the file says and touches no AnnData. :func:`kgl.tl.apply_review`
+    matches the rows to spots and writes the reviewed labels (it calls this function when given a path).
 
     Parameters
     ----------
-    adata
-        AnnData annotated by :func:`kgl.tl.classify_spots` (``obs[key]``).
     path
         The GeoJSON file: a ``FeatureCollection`` (or QuPath's plain list of Features).
-    key
-        The ``key_added`` used by :func:`~kgl.tl.classify_spots`.
-    update
-        Keep earlier reviewed labels of spots this file does not classify (e.g. reviewing one
-        library after another); by default ``obs[f"{key}_reviewed"]`` holds this file's labels only.
-    copy
-        Return an annotated copy instead of writing into ``adata``.
 
     Returns
     -------
-    With ``copy=True`` the annotated copy, else ``None``. Writes:
-
-    - ``obs[f"{key}_reviewed"]``: categorical with the categories of ``obs[key]``; missing for
-      spots nobody reviewed. :func:`kgl._utils.reviewed_labels` merges it over ``obs[key]``.
-    - ``uns[key]["review"]``: ``{"path", "n_reviewed", "n_changed"}`` (spots with a reviewed label,
-      and those whose reviewed label differs from ``obs[key]``).
+    :class:`pandas.DataFrame` with columns ``name`` (``properties.name``: what QuPath shows and keeps,
+    the barcode unless renamed), ``barcode`` (``properties.barcode``, written by :func:`write_review`)
+    and ``classification`` (``classification.name``; ``None`` where QuPath left the object
+    unclassified), each ``None`` where the feature lacks it; ``attrs["path"]`` is the file. Geometry
+    is not read: spots do not move.
 
     Raises
     ------
-    KeyError
-        ``obs[key]`` missing, or barcodes in the file that are not in ``adata.obs_names``.
-    ValueError
-        Invalid JSON, not a FeatureCollection, class names that are not categories of ``obs[key]``,
-        one barcode classified differently twice. Nothing is written to ``adata`` on error.
     FileNotFoundError
         ``path`` does not exist.
+    ValueError
+        Invalid JSON, or not a FeatureCollection of Features.
 
     Examples
     --------
-    >>> kgl.io.read_review(adata, "review-edited.geojson")  # doctest: +SKIP
-    >>> adata.obs["glomerulus_reviewed"].value_counts()  # doctest: +SKIP
+    >>> kgl.io.read_review("review-edited.geojson")["classification"].value_counts()  # doctest: +SKIP
 
     """
-    labels = obs_labels(adata, key, need_proba=False)
-    _check_unique_barcodes(adata)
-    if key in adata.uns and not isinstance(adata.uns[key], dict):
-        raise ValueError(f"adata.uns[{key!r}] is a {type(adata.uns[key]).__name__}, not a dict; cannot record review.")
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(
+            f"read_review(path) reads a review file and takes no AnnData (got {type(path).__name__}); "
+            "to write the reviewed labels into adata.obs use kgl.tl.apply_review(adata, path)."
+        )
     path = Path(path)
-    feats = _load_features(path)
-    categories = [str(c) for c in labels.cat.categories]
-
-    reviewed: dict[str, str] = {}
-    conflicts: list[str] = []
-    unknown_barcodes: list[str] = []
-    unknown_classes: set[str] = set()
-    no_barcode = unclassified = 0
-    for f in feats:
+    rows = []
+    for f in _load_features(path):
         props = f.get("properties") or {}
         if not isinstance(props, dict):
             props = {}
-        barcode = _feature_barcode(props, adata.obs_names)
-        if barcode is None:
-            no_barcode += 1
-            continue
-        if barcode not in adata.obs_names:
-            unknown_barcodes.append(barcode)
-            continue
-        cls = _feature_class(props)
-        if cls is None:
-            unclassified += 1
-            continue
-        if cls not in categories:
-            unknown_classes.add(cls)
-            continue
-        if reviewed.get(barcode, cls) != cls:
-            conflicts.append(barcode)
-        reviewed[barcode] = cls
-    if unknown_barcodes:
-        raise KeyError(
-            f"Review file {str(path)!r} has {len(unknown_barcodes)} feature(s) whose barcode is not in "
-            f"adata.obs_names (e.g. {unknown_barcodes[:5]}): is it the review file of this sample?"
-        )
-    if unknown_classes:
-        raise ValueError(
-            f"Review file {str(path)!r} uses class name(s) {sorted(unknown_classes)} that are not categories of "
-            f"adata.obs[{key!r}]; allowed: {categories}. Rename the classes in QuPath (names are case-sensitive)."
-        )
-    if conflicts:
-        raise ValueError(
-            f"Review file {str(path)!r} classifies {len(set(conflicts))} barcode(s) differently in several features "
-            f"(e.g. {sorted(set(conflicts))[:5]}); keep one feature per spot."
-        )
-    if no_barcode:
-        logger.warning(
-            "%s: ignored %d feature(s) without a barcode (properties.name / properties.barcode), e.g. outlines "
-            "drawn in QuPath.",
-            path.name,
-            no_barcode,
-        )
-
-    rkey = f"{key}_reviewed"
-    values = pd.Series(np.nan, index=adata.obs_names, dtype=object)
-    if update and rkey in adata.obs:
-        values = adata.obs[rkey].astype(object).where(adata.obs[rkey].notna(), np.nan)
-    if reviewed:
-        values.loc[list(reviewed)] = list(reviewed.values())
-    new = pd.Categorical(values.to_numpy(), categories=labels.cat.categories)
-    new_s = pd.Series(new, index=adata.obs_names)
-    done = new_s.notna()
-    changed = done & (new_s.astype(object) != labels.astype(object)).to_numpy()
-    summary = {"path": str(path), "n_reviewed": int(done.sum()), "n_changed": int(changed.sum())}
-
-    if copy:
-        adata = adata.copy()
-    save_data(adata, attr="obs", key=rkey, data=new_s)
-    uns = dict(adata.uns.get(key) or {})
-    uns["review"] = summary
-    adata.uns[key] = uns
-    in_file = changed & new_s.index.isin(list(reviewed))
-    moves = pd.crosstab(labels.astype(object)[in_file], new_s.astype(object)[in_file]).stack()
-    detail = ", ".join(f"{int(n)} {a} → {b}" for (a, b), n in moves.items() if n > 0)
-    logger.info(
-        "Read %d reviewed label(s) from %s into obs[%r]: %d changed%s%s%s.",
-        len(reviewed),
-        path.name,
-        rkey,
-        int(in_file.sum()),
-        f" ({detail})" if detail else "",
-        f"; {unclassified} unclassified feature(s) left unreviewed" if unclassified else "",
-        f"; {summary['n_reviewed']} reviewed in all (update=True)" if update else "",
-    )
-    return adata if copy else None
+        name, barcode = (None if props.get(k) is None else str(props[k]) for k in ("name", "barcode"))
+        rows.append((name, barcode, _feature_class(props)))
+    table = pd.DataFrame(rows, columns=list(REVIEW_COLUMNS), dtype=object)
+    table.attrs["path"] = str(path)
+    return table

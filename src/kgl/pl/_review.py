@@ -94,7 +94,7 @@ def review_gallery(
     probability farthest from the threshold ("most confident"), and one for those nearest it
     ("most uncertain"); the two rows never show the same spot. Each tile is the tissue of side
     ``patch_um`` around the spot, with the 55-µm capture spot dashed, a frame in the class's colour
-    and the barcode and probability on top. Spots already reviewed (:func:`kgl.io.read_review`) are
+    and the barcode and probability on top. Spots already reviewed (:func:`kgl.tl.apply_review`) are
     marked with their reviewed label (:func:`kgl._utils.reviewed_labels`), in the reviewed class's
     colour, and "changed" when it differs from the call. Export the spots you want to check with
     :func:`kgl.io.write_review`.

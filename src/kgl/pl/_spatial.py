@@ -91,7 +91,7 @@ def spatial_glom(
     color
         What to colour spots by: any ``obs`` column(s) or gene(s). Default: the label
         ``obs[key]`` and the probability ``obs[f"{key}_proba"]`` side by side. When manual review
-        (:func:`kgl.io.read_review`) wrote ``obs[f"{key}_reviewed"]``, the ``key`` panel shows the
+        (:func:`kgl.tl.apply_review`) wrote ``obs[f"{key}_reviewed"]``, the ``key`` panel shows the
         reviewed labels where there are some (:func:`kgl._utils.reviewed_labels`) and says how many.
     img_res_key
         Background image (``"hires"``, ``"lowres"``); the highest resolution in ``uns`` by default.

@@ -8,6 +8,7 @@ from kgl.tl._classify import apply_threshold_rule, classify_spots
 from kgl.tl._de import PODOCYTE_MARKERS, glom_markers, marker_check
 from kgl.tl._evaluate import calibration_table, choose_threshold, evaluate, evaluate_spots
 from kgl.tl._predict import evaluate_patches
+from kgl.tl._review import apply_review
 from kgl.tl._split import check_no_leakage, split_by_group
 from kgl.tl._train import SELECT_RULES, TrainResult, train
 
@@ -16,6 +17,7 @@ __all__ = [
     "SELECT_RULES",
     "TrainResult",
     "adapt_batchnorm",
+    "apply_review",
     "apply_threshold_rule",
     "calibrated_proba",
     "calibration_table",

@@ -3,7 +3,7 @@
 The statistics are the field's: scanpy's Wilcoxon rank-sum test per spot, and a pseudobulk
 negative-binomial GLM across samples (decoupler sums counts per sample and group, PyDESeq2 fits
 DESeq2's model). kgl only chooses the spots (reviewed labels win, see
-:func:`kgl.io.read_review`), the data (counts vs. log-normalised) and the tidy output.
+:func:`kgl.tl.apply_review`), the data (counts vs. log-normalised) and the tidy output.
 """
 
 from __future__ import annotations
@@ -242,7 +242,7 @@ def glom_markers(
     """Genes that differ between glomerulus spots and the other spots.
 
     Spots are grouped by ``obs[key]`` from :func:`kgl.tl.classify_spots`; where a reviewer set a
-    label (``obs[f"{key}_reviewed"]``, :func:`kgl.io.read_review`) it wins. Spots without a label
+    label (``obs[f"{key}_reviewed"]``, :func:`kgl.tl.apply_review`) it wins. Spots without a label
     (e.g. outside the image) are left out.
 
     Parameters
