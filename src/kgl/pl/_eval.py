@@ -4,29 +4,18 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from kgl.pl._utils import save_figure
 
 __all__ = ["confusion", "reliability", "roc_pr", "training_curves"]
 
 _POS_COLOR = "#d62728"  # the "glomerulus" colour of classify_spots / spatial_glom
 _TRAIN_COLOR = "#1f77b4"
 _VAL_COLOR = "#d62728"
-
-
-def _save(fig: Any, save: str | os.PathLike | None, dpi: int) -> None:
-    """Write ``fig`` atomically; the format follows the suffix (PNG when there is none)."""
-    if save is None:
-        return
-    from kgl._files import atomic_path
-
-    save = Path(save)
-    fmt = save.suffix.lstrip(".").lower() or "png"
-    with atomic_path(save) as tmp:
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=fmt)
 
 
 def _new_figure(figsize: tuple[float, float], **kwargs: Any) -> Any:
@@ -134,7 +123,7 @@ def reliability(
         ax_hist.set_ylabel("count")
         ax_hist.set_xlabel("predicted probability of glomerulus")
         ax.tick_params(labelbottom=False)
-    _save(fig, save, dpi)
+    save_figure(fig, save, dpi=dpi)
     return ax
 
 
@@ -227,7 +216,7 @@ def confusion(
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title or f"Confusion matrix (n = {int(m.sum()):,})", fontsize="medium")
-    _save(fig, save, dpi)
+    save_figure(fig, save, dpi=dpi)
     return ax
 
 
@@ -320,7 +309,7 @@ def roc_pr(
             a.legend(loc=loc, fontsize="small")
     if title:
         fig.suptitle(title)
-    _save(fig, save, dpi)
+    save_figure(fig, save, dpi=dpi)
     return [ax_roc, ax_pr]
 
 
@@ -413,5 +402,5 @@ def training_curves(
             a.legend(fontsize="small", loc="best")
     if title:
         fig.suptitle(title)
-    _save(fig, save, dpi)
+    save_figure(fig, save, dpi=dpi)
     return [ax_loss, ax_score]

@@ -145,7 +145,7 @@ def review_gallery(
     from kgl._utils import class_colors
     from kgl._validators import check_int, one_library, select_spots
     from kgl.im import SpotPatchDataset, spot_sets
-    from kgl.pl._eval import _save
+    from kgl.pl._utils import save_figure
 
     n = check_int(n, "n", what="tiles per row")
     labels = obs_labels(adata, key, need_proba=True)
@@ -224,5 +224,5 @@ def review_gallery(
         f"{patch_um:g}-µm tiles, dashed: 55-µm spot{f', {n_rev} reviewed' if n_rev else ''})",
         fontsize=9,
     )
-    _save(fig, save, dpi)
+    save_figure(fig, save, dpi=dpi)
     return axes

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -13,6 +12,7 @@ import numpy as np
 from kgl._docs import d
 from kgl._spatialdata import accepts_spatialdata
 from kgl._utils import _spatial_uns, library_mpp, resolve_library_ids, scalefactors
+from kgl.pl._utils import save_figure
 
 if TYPE_CHECKING:  # pragma: no cover
     from anndata import AnnData
@@ -177,10 +177,5 @@ def spatial_glom(
     sq = _squidpy()
     axes = sq.pl.spatial_scatter(adata, **plot_kwargs)
     axs = list(np.ravel(axes)) if isinstance(axes, list | np.ndarray) else [axes]
-    if save is not None:
-        from kgl._files import atomic_path
-
-        save = Path(save)
-        with atomic_path(save) as tmp:
-            axs[0].figure.savefig(tmp, dpi=dpi, bbox_inches="tight", format=save.suffix.lstrip(".") or "png")
+    save_figure(axs[0].figure, save, dpi=dpi)
     return axs[0] if len(axs) == 1 else axs
