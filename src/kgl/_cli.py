@@ -26,6 +26,8 @@ a probability and a CNN embedding into the AnnData (obs/obsm), the same as kgl.t
 
 #: kgl.tl.SELECT_RULES, spelled out: importing kgl.tl would cost the CLI's start-up ~1.7 s.
 _SELECT_RULES = ("val_auroc", "val_loss")
+_PRECISIONS = ("auto", "fp32", "bf16")
+_PRECISION_HELP = "training autocast: auto = bf16 on CPUs with native bf16 (AMX, AVX512-BF16), CUDA AMP, else fp32"
 
 
 def _add_model_args(p: argparse.ArgumentParser, default_model: str | None) -> None:
@@ -103,6 +105,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--no-install", action="store_true", help="do not copy the model into the cache")
     t.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: %(default)s)")
+    t.add_argument("--precision", default="auto", choices=_PRECISIONS, help=_PRECISION_HELP)
     t.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes (default: %(default)s)")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -145,6 +148,7 @@ def _parser() -> argparse.ArgumentParser:
         help="score spot sets whose image has fewer px per µm than the model's input needs (interpolated)",
     )
     e.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: %(default)s)")
+    e.add_argument("--precision", default="auto", choices=_PRECISIONS, help=_PRECISION_HELP)
 
     d = sub.add_parser(
         "demo",
@@ -314,6 +318,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         install=not args.no_install,
         seed=args.seed,
         device=args.device,
+        precision=args.precision,
         num_workers=args.num_workers,
         max_patches_per_split=args.max_patches_per_split,
         external=not args.no_external,
@@ -352,6 +357,7 @@ def _cmd_evaluate_recipe(args: argparse.Namespace) -> int:
         resume=args.resume,
         allow_upsampling=args.allow_upsampling,
         device=args.device,
+        precision=args.precision,
     )
     summary = kgl.recipes.summarise_protocol(rows)
     with atomic_path(out / "summary.csv") as f:

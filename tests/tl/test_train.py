@@ -107,6 +107,7 @@ def test_train_learns_a_trivially_separable_task(tmp_path, mobilenet_weights, pr
     assert h["val_auroc"].max() >= 0.95
     assert h["val_loss"].min() < 0.6 and h["train_loss"].iloc[-1] < 0.6
     assert np.isfinite(res.step_loss).all()
+    assert res.model.config["training"]["precision"] == {"fp32": "fp32", "bf16": "bfloat16"}[precision]  # what ran
     # within one machine the checkpoint round-trips bit for bit
     loaded = load_checkpoint(tmp_path / "run" / "best.pt")
     assert state_dict_sha256(loaded) == state_dict_sha256(res.model)

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from kgl._logging import logger
+from kgl._types import Precision
 
 if TYPE_CHECKING:  # pragma: no cover
     from anndata import AnnData
@@ -96,6 +97,7 @@ def evaluate_recipe(
     resume: bool = False,
     allow_upsampling: bool = False,
     device: Any = "auto",
+    precision: Precision = "auto",
     show_progress: bool = False,
 ) -> pd.DataFrame:
     """Train ``recipe`` with each seed and score it on every held-out set (see the module docstring).
@@ -126,8 +128,9 @@ def evaluate_recipe(
         pixels per µm than a test image has (e.g. 224 px over the recipe's patch on the 1.08 µm/px
         H&E case C004) is refused otherwise. Upsampled scores are scores of an interpolated image:
         say so next to them.
-    device, show_progress
-        As in :func:`kgl.tl.train`.
+    device, precision, show_progress
+        As in :func:`kgl.tl.train` (``precision="auto"``: bf16 autocast on CPUs with native bf16, fp32
+        elsewhere; the rows' ``precision`` says which ran).
 
     Returns
     -------
@@ -204,12 +207,14 @@ def evaluate_recipe(
                     name=f"protocol-seed{seed}-{fold}",
                     seed=seed,
                     device=device,
+                    precision=precision,
                     show_progress=show_progress,
                     **train_kw,
                 )
                 seconds = time.perf_counter() - t0
                 model = res.model
-                base = {"seed": int(seed), "fold": fold, "seconds": seconds, "best_epoch": res.best_epoch}
+                base = {"seed": int(seed), "fold": fold, "seconds": seconds, "best_epoch": res.best_epoch,
+                        "precision": model.config["training"]["precision"]}  # fmt: skip
                 p, y = evaluate_patches(model, test, device=device)
                 thr = model.spec.calibration.threshold
                 m = kgl.tl.evaluate(y, p, threshold=thr)
@@ -272,13 +277,14 @@ def rescore_protocol(
     if not path.is_file():
         raise FileNotFoundError(f"{str(path)!r} does not exist: rescore_protocol reads a finished evaluate_recipe run.")
     old = pd.read_csv(path, keep_default_na=False, na_values=[""]).fillna({"case": ""})
-    runs = old[["seed", "fold", "seconds", "best_epoch"]].drop_duplicates(["seed", "fold"])
+    run_cols = ["seed", "fold", "seconds", "best_epoch", *(["precision"] if "precision" in old.columns else [])]
+    runs = old[run_cols].drop_duplicates(["seed", "fold"])
     pas = kgl.datasets.pas_tiles_visium()
     he_spots = {case: kgl.datasets.he_biopsy_visium(cases=case) for case in HE_CASES}
     rows: list[dict[str, Any]] = []
     for r in runs.itertuples(index=False):
         model = load_checkpoint(out / f"seed{r.seed}-{r.fold}" / "best.pt")
-        base = {"seed": int(r.seed), "fold": r.fold, "seconds": r.seconds, "best_epoch": r.best_epoch}
+        base = {**r._asdict(), "seed": int(r.seed)}
         up = {"device": device, "tta": tta, "allow_upsampling": allow_upsampling}
         rows += _spot_rows(model, pas, **up, base={**base, "set": "pas-spots", "case": ""})
         for case in [r.fold] if r.fold in HE_CASES else HE_CASES:

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from kgl._logging import logger
+from kgl._types import Precision
 from kgl.models import DEFAULT_MODEL, REGISTRY
 from kgl.tl import evaluate_patches
 
@@ -108,6 +109,7 @@ def train_default_model(
     install: bool = True,
     seed: int = 0,
     device: Any = "auto",
+    precision: Precision = "auto",
     num_workers: int = 0,
     max_patches_per_split: int | None = None,
     external: bool = True,
@@ -137,7 +139,7 @@ def train_default_model(
         Copy the best checkpoint to the model cache.
     seed
         Seed of sampling, split and training.
-    device, num_workers, show_progress
+    device, precision, num_workers, show_progress
         As in :func:`kgl.tl.train`.
     max_patches_per_split
         Subsample each split (class balance kept) for quick runs; ``None`` uses everything.
@@ -215,6 +217,7 @@ def train_default_model(
         name=name,
         seed=seed,
         device=device,
+        precision=precision,
         num_workers=num_workers,
         show_progress=show_progress,
         extra_config={"training_data": summary},

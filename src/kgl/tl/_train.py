@@ -599,6 +599,7 @@ def _finalise(
                 "best_epoch": progress.best_epoch,
                 "seconds": seconds,
                 "device": str(fit.device),
+                "precision": "fp32" if fit.amp is None else str(fit.amp).removeprefix("torch."),  # autocast dtype
                 "class_counts": _class_counts(patches, cfg.split_key),
             },
             "metrics": {"val": evaluate(val_y, val_p, threshold=threshold)},
