@@ -19,6 +19,7 @@ def test_protocol_leaves_each_he_case_out_and_reports_every_set(shared_data, tmp
     )
     assert set(rows["set"]) == {"multistain-test", "pas-spots", "he-spots"}
     assert set(rows["fold"]) == {"C002", "C004"}  # one training per H&E case left out
+    assert set(rows["train_precision"]) <= {"fp32", "bfloat16"}  # recorded, apart from the metric "precision"
     he = rows[rows["set"] == "he-spots"]
     # no case both trained on and tested on: each fold is tested on exactly the case it left out
     assert (he["case"] == he["fold"]).all() and set(he["case"]) == {"C002", "C004"}

@@ -130,7 +130,7 @@ def evaluate_recipe(
         say so next to them.
     device, precision, show_progress
         As in :func:`kgl.tl.train` (``precision="auto"``: bf16 autocast on CPUs with native bf16, fp32
-        elsewhere; the rows' ``precision`` says which ran).
+        elsewhere; the rows' ``train_precision`` says which ran).
 
     Returns
     -------
@@ -138,7 +138,8 @@ def evaluate_recipe(
     (the H&E case left out of training, ``"none"`` when no H&E is trained on), ``set``
     (``multistain-test``, ``pas-spots``, ``he-spots``), ``case``, ``tta``, ``threshold_rule``,
     ``threshold``, ``n``, ``n_pos`` and the metrics of :func:`kgl.tl.evaluate`; plus ``seconds``
-    (training time). ``attrs["recipe"]`` holds the recipe.
+    (training time) and ``train_precision`` (the autocast it trained in: ``fp32``, ``bfloat16``, ...).
+    ``attrs["recipe"]`` holds the recipe.
 
     """
     import tempfile
@@ -214,7 +215,7 @@ def evaluate_recipe(
                 seconds = time.perf_counter() - t0
                 model = res.model
                 base = {"seed": int(seed), "fold": fold, "seconds": seconds, "best_epoch": res.best_epoch,
-                        "precision": model.config["training"]["precision"]}  # fmt: skip
+                        "train_precision": model.config["training"]["precision"]}  # fmt: skip
                 p, y = evaluate_patches(model, test, device=device)
                 thr = model.spec.calibration.threshold
                 m = kgl.tl.evaluate(y, p, threshold=thr)
@@ -277,7 +278,7 @@ def rescore_protocol(
     if not path.is_file():
         raise FileNotFoundError(f"{str(path)!r} does not exist: rescore_protocol reads a finished evaluate_recipe run.")
     old = pd.read_csv(path, keep_default_na=False, na_values=[""]).fillna({"case": ""})
-    run_cols = ["seed", "fold", "seconds", "best_epoch", *(["precision"] if "precision" in old.columns else [])]
+    run_cols = ["seed", "fold", "seconds", "best_epoch"] + [c for c in ("train_precision",) if c in old.columns]
     runs = old[run_cols].drop_duplicates(["seed", "fold"])
     pas = kgl.datasets.pas_tiles_visium()
     he_spots = {case: kgl.datasets.he_biopsy_visium(cases=case) for case in HE_CASES}
