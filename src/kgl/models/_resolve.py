@@ -9,7 +9,7 @@ from typing import Any
 from kgl._logging import logger
 from kgl.models._registry import DEFAULT_MODEL, REGISTRY, fetch_model
 
-__all__ = ["DEFAULT_MODEL", "resolve_model"]
+__all__ = ["resolve_model"]
 
 
 def resolve_model(model: Any = None) -> Any:

@@ -173,6 +173,7 @@ def evaluate_recipe(
     he_spots = {case: kgl.datasets.he_biopsy_visium(cases=case) for case in HE_CASES}
     folds: list[str | None] = list(HE_CASES) if he_repeat > 0 else [None]
     tta = ("plain", *(["adabn"] if adabn else []), *(["macenko"] if stain_norm else []))
+    kw = {"device": device, "tta": tta, "allow_upsampling": allow_upsampling}  # how every spot set is scored
     rows: list[dict[str, Any]] = []
     train_kw = {k: v for k, v in full.items() if k not in ("patch_um", "he_repeat")}
     try:
@@ -222,10 +223,9 @@ def evaluate_recipe(
                 rows.append({**base, "set": "multistain-test", "case": "", "tta": "plain",
                              "threshold_rule": "validation", "threshold": thr,
                              "n": len(y), "n_pos": int(y.sum()), **{k: m[k] for k in _METRICS}})  # fmt: skip
-                up = {"device": device, "tta": tta, "allow_upsampling": allow_upsampling}
-                rows += _spot_rows(model, pas, **up, base={**base, "set": "pas-spots", "case": ""})
+                rows += _spot_rows(model, pas, **kw, base={**base, "set": "pas-spots", "case": ""})
                 for case in test_cases:
-                    rows += _spot_rows(model, he_spots[case], **up, base={**base, "set": "he-spots", "case": case})
+                    rows += _spot_rows(model, he_spots[case], **kw, base={**base, "set": "he-spots", "case": case})
                 if tmp is None:  # after every training: an interrupted protocol keeps what it measured
                     _write_rows(rows, out / "protocol.csv")
                 logger.info(
@@ -282,14 +282,14 @@ def rescore_protocol(
     runs = old[run_cols].drop_duplicates(["seed", "fold"])
     pas = kgl.datasets.pas_tiles_visium()
     he_spots = {case: kgl.datasets.he_biopsy_visium(cases=case) for case in HE_CASES}
+    kw = {"device": device, "tta": tta, "allow_upsampling": allow_upsampling}  # how every spot set is scored
     rows: list[dict[str, Any]] = []
     for r in runs.itertuples(index=False):
         model = load_checkpoint(out / f"seed{r.seed}-{r.fold}" / "best.pt")
         base = {**r._asdict(), "seed": int(r.seed)}
-        up = {"device": device, "tta": tta, "allow_upsampling": allow_upsampling}
-        rows += _spot_rows(model, pas, **up, base={**base, "set": "pas-spots", "case": ""})
+        rows += _spot_rows(model, pas, **kw, base={**base, "set": "pas-spots", "case": ""})
         for case in [r.fold] if r.fold in HE_CASES else HE_CASES:
-            rows += _spot_rows(model, he_spots[case], **up, base={**base, "set": "he-spots", "case": case})
+            rows += _spot_rows(model, he_spots[case], **kw, base={**base, "set": "he-spots", "case": case})
     keep = old[~(old["tta"].isin(tta) & old["set"].isin(["pas-spots", "he-spots"]))]  # only spot sets are re-scored
     df = pd.concat([keep, pd.DataFrame(rows)], ignore_index=True)
     _write_rows(df.to_dict("records"), path)

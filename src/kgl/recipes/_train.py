@@ -161,9 +161,10 @@ def train_default_model(
     unknown = set(overrides) - set(DEFAULT_RECIPE)
     if unknown:
         raise TypeError(f"Unknown recipe entries {sorted(unknown)}; the recipe has {sorted(DEFAULT_RECIPE)}.")
-    if name in REGISTRY:
-        name = REGISTRY.resolve(name)  # "DEFAULT" trains (and installs as) the default model's real name
-    base = REGISTRY[name].recipe if name in REGISTRY else DEFAULT_RECIPE
+    entry = REGISTRY.get(name)  # None: a name of the user's own, trained with the default recipe
+    if entry is not None:
+        name = entry.name  # "DEFAULT" trains (and installs as) the default model's real name
+    base = entry.recipe if entry is not None else DEFAULT_RECIPE
     recipe = {**base, **overrides}
     out = Path(out_dir) if out_dir is not None else Path(settings.cachedir) / "training" / name
     t0 = time.perf_counter()
@@ -261,7 +262,6 @@ def train_default_model(
                 metrics["he_biopsy_visium (H&E, spots)"] = evaluate_spots(he_adata)
     _evaluation_plots(out, curves, metrics["test (held-out biopsies, patches)"])
     model.config["metrics"] = metrics
-    entry = REGISTRY.get(name)
     if entry is not None and entry.protocol and recipe == dict(entry.recipe) and max_patches_per_split is None:
         model.config["protocol"] = _jsonable(entry.protocol)
     model.config["training"]["total_seconds"] = time.perf_counter() - t0
