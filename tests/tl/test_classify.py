@@ -310,3 +310,19 @@ def test_prefetch_keeps_order_raises_and_stops_early():
     assert next(gen) == 0
     gen.close()  # the consumer stops: the worker pulls at most depth items ahead
     assert len(pulled) <= 3
+
+
+def test_images_as_coarse_as_the_training_images_are_accepted():
+    """The 2x-coarser refusal yields to the coarsest µm/px the model itself was trained on, and no further."""
+    a = make_visium(hires_scalef=0.1)  # 5 µm/px hires; center_red_model needs 60 µm / 32 px = 1.875 µm/px
+    model = center_red_model()
+    with pytest.raises(ValueError, match=r"has 5 µm/px.*accepts up to 3\.75 µm/px\)"):
+        kgl.tl.classify_spots(a, model, copy=True, show_progress=False)
+    model.config["training"] = {"mpp_range": [0.5, 4.0]}  # trained on images up to 4 µm/px: still too coarse
+    assert model.spec.coarsest_training_mpp == 4.0
+    with pytest.raises(ValueError, match=r"accepts up to 4 µm/px, the coarsest of its training images"):
+        kgl.tl.classify_spots(a, model, copy=True, show_progress=False)
+    assert "glomerulus" not in a.uns and "glomerulus" not in a.obs
+    model.config["training"] = {"mpp_range": [0.5, 6.0]}  # its training images were this coarse: in distribution
+    out = kgl.tl.classify_spots(a, model, copy=True, show_progress=False)
+    assert out.obs["glomerulus"].notna().all()

@@ -64,6 +64,7 @@ def test_train_small_run_writes_history_checkpoint_and_calibration(tmp_path):
     cfg = res.model.config
     assert cfg["head_trained"] and 0.0 < cfg["threshold"] < 1.0 and cfg["temperature"] > 0 and "logit_bias" in cfg
     assert cfg["training"]["class_counts"]["train"] == {"other": 24, "glomerulus": 24}
+    assert cfg["training"]["mpp_range"] == [1.0, 1.0] and res.model.spec.coarsest_training_mpp == 1.0
     loaded = load_checkpoint(tmp_path / "run" / "best.pt")
     assert state_dict_sha256(loaded) == state_dict_sha256(res.model)
     assert loaded.config["threshold"] == cfg["threshold"]

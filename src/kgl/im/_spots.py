@@ -197,25 +197,36 @@ def spot_sets(
 
 
 def check_resolution(
-    sets: Sequence[SpotSet], *, patch_um: float, size: int, allow_upsampling: bool = False, max_ratio: float = 2.0
+    sets: Sequence[SpotSet],
+    *,
+    patch_um: float,
+    size: int,
+    allow_upsampling: bool = False,
+    max_ratio: float = 2.0,
+    trained_mpp: float | None = None,
 ) -> None:
     """Refuse images much coarser than a model needs, before any patch is read.
 
     A model that sees ``patch_um`` µm at ``size`` px needs ``patch_um / size`` µm/px. An image
     more than ``max_ratio`` times coarser would have every patch upsampled from a few pixels, and
     the calls would be confident and meaningless: a :class:`ValueError` names the image, both
-    resolutions and the fixes. ``allow_upsampling=True`` only logs a warning.
+    resolutions and the fixes. ``trained_mpp``, the coarsest µm/px the model was trained on
+    (:attr:`kgl.models.ModelConfig.coarsest_training_mpp`), raises that limit: an image no coarser
+    than the model's own training images is inside its training distribution, however many times
+    its patches are upsampled. ``allow_upsampling=True`` only logs a warning.
     """
     need = float(patch_um) / int(size)
+    limit = max(max_ratio * need, float(trained_mpp or 0.0))
     for spots in sets:
         have = spots.image_mpp
-        if have <= max_ratio * need:
+        if have <= limit:
             continue
         px = patch_um / have
         what = (
             f"The {spots.img_key!r} image of library {spots.library_id!r} has {have:.3g} µm/px, but the model needs "
-            f"{need:.3g} µm/px ({patch_um:g}-µm patches at {size} px): each patch would be {px:.0f} px wide, upsampled "
-            f"{size / px:.0f}× to {size} px"
+            f"{need:.3g} µm/px ({patch_um:g}-µm patches at {size} px; it accepts up to {limit:.3g} µm/px"
+            + (", the coarsest of its training images" if trained_mpp and trained_mpp >= max_ratio * need else "")
+            + f"): each patch would be {px:.0f} px wide, upsampled {size / px:.0f}× to {size} px"
         )
         if allow_upsampling:
             logger.warning("%s (allow_upsampling=True: classifying anyway).", what)

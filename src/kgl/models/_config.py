@@ -138,6 +138,16 @@ class ModelConfig:
         """The training augmentation (``"none"`` when the model was not trained by kgl)."""
         return str(self.training.get("recipe", {}).get("augment", "none"))
 
+    @property
+    def coarsest_training_mpp(self) -> float | None:
+        """The coarsest µm/px among the images the model was trained on (``None``: not recorded).
+
+        Images up to this coarse are inside the training distribution, however many times their
+        patches are upsampled to ``input_size`` (:func:`kgl.im.check_resolution`).
+        """
+        rng = self.training.get("mpp_range")
+        return float(rng[1]) if rng else None
+
     @classmethod
     def from_dict(cls, cfg: Mapping[str, Any]) -> ModelConfig:
         """The record of a stored config dict (``GlomClassifier.config``, a checkpoint's JSON).

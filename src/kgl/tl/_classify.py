@@ -235,8 +235,10 @@ def classify_spots(
     %(img_key)s
     allow_upsampling
         Classify even when the image is more than 2× coarser than the model needs
-        (``patch_um / input_size`` µm/px); by default that raises a :class:`ValueError`, because
-        patches upsampled from a few pixels give confident, meaningless calls.
+        (``patch_um / input_size`` µm/px) and coarser than the coarsest image the model was trained
+        on (:attr:`~kgl.models.ModelConfig.coarsest_training_mpp`); by default that raises a
+        :class:`ValueError`, because patches upsampled from a few pixels give confident, meaningless
+        calls.
     %(spatial_key)s
     %(library_key)s
     %(table_name)s
@@ -284,7 +286,13 @@ def classify_spots(
     threshold, threshold_rule = _check_threshold(threshold, spec)
     _check_stain_norm(stain_norm)
     sets = spot_sets(adata, library_id=library_id, img_key=img_key, spatial_key=spatial_key, library_key=library_key)
-    check_resolution(sets, patch_um=patch_um, size=input_size, allow_upsampling=allow_upsampling)
+    check_resolution(
+        sets,
+        patch_um=patch_um,
+        size=input_size,
+        allow_upsampling=allow_upsampling,
+        trained_mpp=spec.coarsest_training_mpp,
+    )
 
     run = _Run(net, spec, patch_um=patch_um, input_size=input_size, batch_size=batch_size, num_workers=num_workers,
                device=dev, amp=amp, adapt_bn=adapt_bn, stain_norm=stain_norm, show_progress=show_progress)  # fmt: skip

@@ -601,6 +601,7 @@ def _finalise(
                 "device": str(fit.device),
                 "precision": "fp32" if fit.amp is None else str(fit.amp).removeprefix("torch."),  # autocast dtype
                 "class_counts": _class_counts(patches, cfg.split_key),
+                "mpp_range": _mpp_range(patches, cfg.split_key),  # the source images' µm/px it trained on
             },
             "metrics": {"val": evaluate(val_y, val_p, threshold=threshold)},
             **(cfg.extra_config or {}),
@@ -609,6 +610,12 @@ def _finalise(
     model = model.cpu().to(memory_format=torch.contiguous_format)
     step_loss = np.asarray(progress.step_loss)
     return TrainResult(model, hist, progress.best_epoch, cfg.out, val_p, val_y, seconds, step_loss)
+
+
+def _mpp_range(patches: pd.DataFrame, split_key: str) -> list[float]:
+    """Finest and coarsest µm/px of the images the training split's patches were cut from."""
+    mpp = patches.loc[patches[split_key] == "train", "mpp"].astype(float)
+    return [float(mpp.min()), float(mpp.max())]
 
 
 def _class_counts(patches: pd.DataFrame, split_key: str) -> dict[str, dict[str, int]]:
