@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/_env.sh
 export KGL_CACHE_DIR="${KGL_CACHE_DIR:-$PWD/.kgl-cache}"
-ruff check src tests
+ruff check src tests benchmarks scripts
 markers=(-m "not slow")
 [ "${KGL_SLOW:-0}" = 1 ] && markers=()
 python -m pytest -n 2 "${markers[@]}" "$@"
