@@ -33,6 +33,7 @@ def _config():
                 "best_epoch": 9,
                 "seconds": 1830,
                 "device": "cuda",
+                "mpp_range": [0.17914068780999223, 1.4800208633590393],
             },
             "metrics": {"val": val, "test (held-out biopsies)": test, "pas_tiles_visium (spot level)": spots},
             "stain_comparison": [{"stain": "PAS", "f1": 0.91}, {"stain": "H&E", "f1": 0.84}],
@@ -47,6 +48,7 @@ def _config():
 def test_model_card_full():
     cfg, val, test = _config()
     md = model_card(cfg)
+    assert "| **mpp_range** | [0.1791, 1.48] |" in md  # float lists as numbers, not 17-digit JSON
     for header in (
         "# Model card: kgl-test-model",
         "## Model",

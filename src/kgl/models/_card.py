@@ -56,6 +56,8 @@ def _fmt(v: Any) -> str:
         if math.isnan(v):
             return "n/a"
         return f"{v:,.0f}" if v.is_integer() and abs(v) >= 1000 else f"{v:.4g}"
+    if isinstance(v, list | tuple) and v and all(isinstance(x, float) for x in v):
+        return "[" + ", ".join(_fmt(x) for x in v) + "]"  # e.g. an µm/px range: 4 digits, not 17
     if isinstance(v, Mapping | list | tuple):
         return _cell(json.dumps(v, default=str, ensure_ascii=False))
     return _cell(str(v))
