@@ -217,6 +217,7 @@ def check_resolution(
     """
     need = float(patch_um) / int(size)
     limit = max(max_ratio * need, float(trained_mpp or 0.0))
+    by_training = bool(trained_mpp) and limit == float(trained_mpp)  # the training images set the limit
     for spots in sets:
         have = spots.image_mpp
         if have <= limit:
@@ -225,7 +226,7 @@ def check_resolution(
         what = (
             f"The {spots.img_key!r} image of library {spots.library_id!r} has {have:.3g} µm/px, but the model needs "
             f"{need:.3g} µm/px ({patch_um:g}-µm patches at {size} px; it accepts up to {limit:.3g} µm/px"
-            + (", the coarsest of its training images" if trained_mpp and trained_mpp >= max_ratio * need else "")
+            + (", the coarsest of its training images" if by_training else "")
             + f"): each patch would be {px:.0f} px wide, upsampled {size / px:.0f}× to {size} px"
         )
         if allow_upsampling:
