@@ -154,3 +154,48 @@ def two_library_visium(marked: list[int]) -> ad.AnnData:
     both = ad.concat({"A": a, "B": b}, label="library_id", uns_merge="unique")
     both.uns["glomerulus"] = a.uns["glomerulus"]
     return both
+
+
+def red_fraction_segmenter(mpp: float = 2.0, input_size: int = 64):
+    """A real (tiny, hand-set) GlomSegmenter whose map is the share of red in each map pixel.
+
+    Its logit is ``logit(r)`` with ``r = (R - G - 40) / 180`` clipped to (0, 1): 1 on red (220, 0, 0),
+    0 on :func:`make_visium`'s pink (230, 190, 215; noise aside), so a map pixel's probability is the
+    fraction of it painted red and disk means of the map can be checked against exact disk coverage. Its
+    ``encoder`` (a strided average) gives 3-channel features at 1/32 of the input.
+    """
+    import torch
+    from torch import nn
+
+    from kgl.models import GlomSegmenter, model_config
+
+    class Encoder(nn.Module):
+        def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+            return [x, nn.functional.avg_pool2d(x, 32)]
+
+    class RedFraction(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.encoder = Encoder()
+            self.gain = nn.Parameter(torch.ones(1))  # a state dict to hash and save
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            red = ((x[:, 0:1] - x[:, 1:2] - 40 / 255) * 255 / 180 * self.gain).clamp(1e-6, 1 - 1e-6)  # x in [0, 1]
+            return torch.log(red) - torch.log1p(-red)
+
+    cfg = model_config("red_fraction", patch_um=mpp * input_size, input_size=input_size, mean=[0.0] * 3,
+                       std=[1.0] * 3, head_trained=True, task="segment", arch="Unet")  # fmt: skip
+    return GlomSegmenter(RedFraction(), cfg)
+
+
+def paint_disk(adata: ad.AnnData, center_um: tuple[float, float], radius_um: float, img_key: str = "hires") -> None:
+    """Paint one red disk (a 'glomerulus', (220, 0, 0)) into the library's image, centre and radius in µm."""
+    lib = next(iter(adata.uns["spatial"]))
+    meta = adata.uns["spatial"][lib]
+    img = meta["images"][img_key]
+    sf = meta["scalefactors"]
+    scale = sf.get(f"tissue_{img_key}_scalef", 1.0)
+    mpp = SPOT_DIAMETER_FULLRES_UM / sf["spot_diameter_fullres"]
+    yy, xx = np.mgrid[: img.shape[0], : img.shape[1]]
+    cx, cy = (c / mpp * scale for c in center_um)
+    img[(xx - cx) ** 2 + (yy - cy) ** 2 <= (radius_um / mpp * scale) ** 2] = (220, 0, 0)

@@ -307,6 +307,18 @@ class SlideImage:
             inside[i] = ov_x * ov_y / float(n * n)
         return out, inside
 
+    def read_window(self, level: int, x0: int, y0: int, x1: int, y1: int, *, fill: int = 255) -> np.ndarray:
+        """RGB ``uint8`` pixels ``[y0:y1, x0:x1]`` of pyramid ``level``, in that level's pixels, unresampled.
+
+        The window may leave the image: outside is ``fill`` (white). Only the tiles under the window
+        are decoded. This is the read that dense maps tile over (:class:`kgl.im.MapGrid`).
+        """
+        if not 0 <= int(level) < len(self.levels):
+            raise ValueError(f"{self.name}: level {level!r} out of range; the image has {len(self.levels)} level(s).")
+        if x1 <= x0 or y1 <= y0:
+            raise ValueError(f"{self.name}: empty window x [{x0}, {x1}), y [{y0}, {y1}).")
+        return self._read_padded(int(level), int(x0), int(y0), int(x1), int(y1), fill)
+
     def _read_padded(self, level: int, x0: int, y0: int, x1: int, y1: int, fill: int) -> np.ndarray:
         """RGB ``uint8`` pixels of ``[y0:y1, x0:x1]`` at ``level``; outside the image is ``fill``."""
         h, w = self.levels[level].shape

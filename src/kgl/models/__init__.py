@@ -6,7 +6,7 @@ import importlib
 from typing import TYPE_CHECKING
 
 from kgl.models._card import model_card, write_model_card
-from kgl.models._config import Calibration, ModelConfig, Preprocessing
+from kgl.models._config import TASKS, Calibration, ModelConfig, Preprocessing
 from kgl.models._registry import (
     DEFAULT_MODEL,
     REGISTRY,
@@ -27,6 +27,9 @@ _TORCH_NAMES = {
     "build_model": "kgl.models._model",
     "fold_batchnorm": "kgl.models._model",
     "model_config": "kgl.models._model",
+    "GlomSegmenter": "kgl.models._segmenter",
+    "MAP_ARCHS": "kgl.models._segmenter",
+    "build_segmenter": "kgl.models._segmenter",
     "load_checkpoint": "kgl.models._checkpoint",
     "save_checkpoint": "kgl.models._checkpoint",
     "state_dict_sha256": "kgl.models._checkpoint",
@@ -42,6 +45,7 @@ if TYPE_CHECKING:  # pragma: no cover
         fold_batchnorm,
         model_config,
     )
+    from kgl.models._segmenter import MAP_ARCHS, GlomSegmenter, build_segmenter
 
 
 def __getattr__(name: str):
@@ -58,15 +62,19 @@ __all__ = [
     "CLASS_NAMES",
     "DEFAULT_MODEL",
     "DEFAULT_WEIGHTS",
+    "MAP_ARCHS",
     "REGISTRY",
+    "TASKS",
     "Calibration",
     "GlomClassifier",
+    "GlomSegmenter",
     "ModelConfig",
     "ModelEntry",
     "ModelRegistry",
     "Preprocessing",
     "available_models",
     "build_model",
+    "build_segmenter",
     "fetch_model",
     "fold_batchnorm",
     "load_checkpoint",

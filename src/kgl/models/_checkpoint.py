@@ -14,6 +14,7 @@ from torch import nn
 from kgl._files import atomic_path, torch_error_summary
 from kgl._logging import logger
 from kgl.models._model import GlomClassifier, _torchvision_models, build_model
+from kgl.models._segmenter import MAP_ARCHS, GlomSegmenter, rebuild_segmenter
 
 __all__ = ["load_checkpoint", "save_checkpoint", "state_dict_sha256"]
 
@@ -33,11 +34,17 @@ def state_dict_sha256(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def save_checkpoint(model: GlomClassifier, path: str | os.PathLike) -> Path:
+def save_checkpoint(model: GlomClassifier | GlomSegmenter, path: str | os.PathLike) -> Path:
     """Save ``state_dict`` + JSON config in one file (atomically); load it with :func:`load_checkpoint`."""
-    if not isinstance(model, GlomClassifier):
-        raise TypeError(f"save_checkpoint expects a kgl GlomClassifier, got {type(model).__name__}.")
-    if model.config.get("backbone") not in _torchvision_models():
+    if not isinstance(model, GlomClassifier | GlomSegmenter):
+        raise TypeError(f"save_checkpoint expects a kgl GlomClassifier or GlomSegmenter, got {type(model).__name__}.")
+    if isinstance(model, GlomSegmenter):
+        if model.config.get("arch") not in MAP_ARCHS:
+            raise ValueError(
+                f"Cannot save a checkpoint of map architecture {model.config.get('arch')!r}: kgl rebuilds maps by "
+                f"segmentation-models-pytorch name ({MAP_ARCHS}). Save its state_dict with torch.save instead."
+            )
+    elif model.config.get("backbone") not in _torchvision_models():
         raise ValueError(
             f"Cannot save a checkpoint of backbone {model.config.get('backbone')!r}: kgl checkpoints rebuild their "
             "backbone by torchvision name, so only torchvision backbones (kgl.models.build_model) can be reloaded. "
@@ -57,10 +64,13 @@ def save_checkpoint(model: GlomClassifier, path: str | os.PathLike) -> Path:
     return path
 
 
-def load_checkpoint(path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> GlomClassifier:
+def load_checkpoint(
+    path: str | os.PathLike, *, map_location: str | torch.device = "cpu"
+) -> GlomClassifier | GlomSegmenter:
     """Load a kgl checkpoint with ``torch.load(weights_only=True)``: no pickled code is ever executed.
 
-    The backbone is rebuilt from the config without downloading weights, then the saved
+    The network is rebuilt from the config without downloading weights (a torchvision backbone for
+    ``task="classify"``, an smp architecture by name for ``task="segment"``), then the saved
     ``state_dict`` is loaded strictly.
     """
     path = Path(path)
@@ -87,7 +97,7 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: str | torch.device
         config = json.loads(payload["config"])
         sha = config.pop("sha256", None)
         extra = {k: v for k, v in config.items() if k not in _BUILD_KEYS}
-        model = build_model(
+        model = rebuild_segmenter(config) if config.get("task") == "segment" else build_model(
             config["backbone"],
             weights=None,
             class_names=tuple(config["class_names"]),

@@ -15,7 +15,11 @@ from typing import Any
 
 from kgl._validators import check_int
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "Calibration", "ModelConfig", "Preprocessing"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "TASKS", "Calibration", "ModelConfig", "Preprocessing"]
+
+#: What a kgl model does: ``"classify"`` one patch per spot (:class:`~kgl.models.GlomClassifier`) or
+#: ``"segment"`` a dense glomerulus map (:class:`~kgl.models.GlomSegmenter`).
+TASKS = ("classify", "segment")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -23,7 +27,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 #: The flat config keys the record reads into typed fields; every other key is kept in ``extra``.
 _TYPED_KEYS = frozenset(
     {"name", "backbone", "weights", "class_names", "positive_class", "patch_um", "input_size", "mean", "std",
-     "greyscale", "threshold", "temperature", "logit_bias", "head_trained", "training", "metrics"}
+     "greyscale", "threshold", "temperature", "logit_bias", "head_trained", "training", "metrics", "task", "arch"}
 )  # fmt: skip
 
 
@@ -102,6 +106,12 @@ class ModelConfig:
         Training summary (recipe, epochs, class counts, ...) and held-out metrics, read-only.
     extra
         Every other key of the stored config (protocol, limitations, training data, sha256, ...).
+    task
+        ``"classify"`` (a patch classifier; every config written before maps existed) or
+        ``"segment"`` (a dense map: ``preprocessing.patch_um`` is the training crop's field of view
+        and ``patch_um / input_size`` the map's µm/px, :attr:`mpp`).
+    arch
+        The segmentation-models-pytorch architecture of a ``"segment"`` model (``"Unet"``, ...).
 
     """
 
@@ -116,8 +126,12 @@ class ModelConfig:
     training: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     metrics: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     extra: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    task: str = "classify"
+    arch: str | None = None
 
     def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}.")
         if len(self.class_names) != 2:
             raise ValueError(f"kgl calls two classes; the model has {list(self.class_names)}.")
         if self.positive_class not in self.class_names:
@@ -132,6 +146,11 @@ class ModelConfig:
     def negative_class(self) -> str:
         """The class that is not called."""
         return next(c for c in self.class_names if c != self.positive_class)
+
+    @property
+    def mpp(self) -> float:
+        """µm per input pixel the model was trained at: ``patch_um / input_size`` (a map's resolution)."""
+        return self.preprocessing.patch_um / self.preprocessing.input_size
 
     @property
     def augment(self) -> str:
@@ -182,6 +201,8 @@ class ModelConfig:
                 training=_frozen(training),
                 metrics=_frozen(cfg.get("metrics") or {}),
                 extra=_frozen({k: v for k, v in cfg.items() if k not in _TYPED_KEYS}),
+                task=str(cfg.get("task", "classify")),
+                arch=cfg.get("arch"),
             )
         except KeyError as e:
             raise KeyError(
@@ -209,6 +230,10 @@ class ModelConfig:
         }
         if self.name is not None:
             out["name"] = self.name
+        if self.task != "classify":
+            out["task"] = self.task
+        if self.arch is not None:
+            out["arch"] = self.arch
         if self.training:
             out["training"] = _plain(self.training)
         if self.metrics:

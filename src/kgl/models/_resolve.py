@@ -13,15 +13,19 @@ __all__ = ["resolve_model"]
 
 
 def resolve_model(model: Any = None) -> Any:
-    """Resolve ``model`` (checkpoint path, registry name, ``"backbone[:WEIGHTS]"`` or torch module)."""
+    """Resolve ``model`` (checkpoint path, registry name, ``"backbone[:WEIGHTS]"`` or torch module).
+
+    Returns a :class:`~kgl.models.GlomClassifier`, or a :class:`~kgl.models.GlomSegmenter` for a map model.
+    """
     from torch import nn
 
     from kgl.models._checkpoint import load_checkpoint
     from kgl.models._model import GlomClassifier, build_model
+    from kgl.models._segmenter import GlomSegmenter
 
     if model is None:
         model = DEFAULT_MODEL
-    if isinstance(model, GlomClassifier):
+    if isinstance(model, GlomClassifier | GlomSegmenter):
         return model
     if isinstance(model, nn.Module):
         return _wrap_module(model)

@@ -7,14 +7,17 @@ from kgl.tl._calibration import calibrated_proba, fit_calibration
 from kgl.tl._classify import apply_threshold_rule, classify_spots
 from kgl.tl._de import PODOCYTE_MARKERS, glom_markers, marker_check
 from kgl.tl._evaluate import calibration_table, choose_threshold, evaluate, evaluate_spots
+from kgl.tl._map import glomerulus_map
 from kgl.tl._predict import evaluate_patches
 from kgl.tl._review import apply_review
 from kgl.tl._split import check_no_leakage, split_by_group
 from kgl.tl._train import SELECT_RULES, TrainResult, train
+from kgl.tl._train_map import MapTrainConfig, train_map
 
 __all__ = [
     "PODOCYTE_MARKERS",
     "SELECT_RULES",
+    "MapTrainConfig",
     "TrainResult",
     "adapt_batchnorm",
     "apply_review",
@@ -30,10 +33,12 @@ __all__ = [
     "expected_f1_threshold",
     "fit_calibration",
     "glom_markers",
+    "glomerulus_map",
     "marker_check",
     "prior_shift",
     "split_by_group",
     "train",
+    "train_map",
 ]
 
 

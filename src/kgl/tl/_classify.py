@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -294,8 +294,15 @@ def classify_spots(
         trained_mpp=spec.coarsest_training_mpp,
     )
 
-    run = _Run(net, spec, patch_um=patch_um, input_size=input_size, batch_size=batch_size, num_workers=num_workers,
-               device=dev, amp=amp, adapt_bn=adapt_bn, stain_norm=stain_norm, show_progress=show_progress)  # fmt: skip
+    if spec.task == "segment":  # a dense map: per-spot fractions, the rest of the contract unchanged
+        from kgl.tl._map import _MapRun
+
+        _check_map_args(spec, adapt_bn=adapt_bn, stain_norm=stain_norm, patch_um=patch_um, input_size=input_size)
+        run: _Run = _MapRun(net, spec, batch_size=batch_size, device=dev, amp=amp, show_progress=show_progress)
+    else:
+        run = _Run(net, spec, patch_um=patch_um, input_size=input_size, batch_size=batch_size,
+                   num_workers=num_workers, device=dev, amp=amp, adapt_bn=adapt_bn, stain_norm=stain_norm,
+                   show_progress=show_progress)  # fmt: skip
     res = run.classify(sets, n_obs=adata.n_obs, threshold=threshold, threshold_rule=threshold_rule, key_added=key_added)
     params = run.params(res, threshold=threshold, threshold_rule=threshold_rule, threshold_given=threshold_given,
                         uncertain=uncertain)  # fmt: skip
@@ -319,6 +326,20 @@ def _check_threshold(threshold: Any, spec: Any) -> tuple[float, str | None]:
     return value, None
 
 
+def _check_map_args(spec: Any, *, adapt_bn: bool, stain_norm: Any, patch_um: float, input_size: int) -> None:
+    """Refuse the patch-only options for a map model, before any pixel is read."""
+    if adapt_bn or stain_norm is not None:
+        raise ValueError(
+            f"adapt_bn / stain_norm are patch-classifier options; {spec.name or spec.arch!r} is a map model "
+            "(task='segment'). Call classify_spots without them, or pass a patch classifier such as 'kgl-glom-v2'."
+        )
+    if abs(patch_um / input_size - spec.mpp) > 1e-6 * spec.mpp:
+        raise ValueError(
+            f"A map model reads the image at its own {spec.mpp:.3g} µm/px; patch_um={patch_um:g} / input_size="
+            f"{input_size} asks for {patch_um / input_size:.3g}. Leave patch_um and input_size unset."
+        )
+
+
 def _check_stain_norm(stain_norm: Any) -> None:
     from kgl.im import STAIN_NORMS
 
@@ -335,6 +356,7 @@ class _Result:
     inside: np.ndarray
     emb: np.ndarray | None
     per_lib: dict[str, dict[str, Any]]
+    extra: dict[str, np.ndarray] = field(default_factory=dict)  # more obs columns: suffix -> per-spot values
 
 
 class _Run:
@@ -379,7 +401,9 @@ class _Run:
             per_lib={},
         )
         for spots in sets:
-            p, e, f, info = self.library(spots, threshold_rule)
+            p, e, f, info, extra = self.library(spots, threshold_rule)
+            for suffix, values in extra.items():
+                res.extra.setdefault(suffix, np.full(n_obs, np.nan, dtype=np.float32))[spots.index] = values
             if "threshold" in info:
                 res.thresholds[spots.index] = info["threshold"]
             if res.emb is None:
@@ -395,8 +419,10 @@ class _Run:
                 )
         return res
 
-    def library(self, spots: Any, threshold_rule: str | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
-        """Probabilities, embeddings, in-image fractions and the params of one library's spots."""
+    def library(
+        self, spots: Any, threshold_rule: str | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict, dict[str, np.ndarray]]:
+        """Probabilities, embeddings, in-image fractions, the params and more per-spot columns of one library."""
         from kgl.im import SpotPatchDataset
 
         ds = SpotPatchDataset(spots, patch_um=self.patch_um, size=self.input_size)
@@ -434,6 +460,7 @@ class _Run:
                 "n_spots": len(spots.index),
                 "n_partly_outside": int((f < 1.0).sum()),
             },
+            {},
         )
 
     def _fit_stain(self, ds: Any) -> Any:
@@ -503,6 +530,8 @@ def _write(adata: Any, res: _Result, spec: Any, params: dict[str, Any], *, key_a
         uncertain_mask = done & (proba >= uncertain[0]) & (proba <= uncertain[1])
         save_data(adata, attr="obs", key=f"{key_added}_uncertain", data=uncertain_mask)
     save_data(adata, attr="obs", key=f"{key_added}_in_image", data=res.inside)
+    for suffix, values in res.extra.items():  # a map model's obs[f"{key_added}_fraction"]
+        save_data(adata, attr="obs", key=f"{key_added}_{suffix}", data=values)
     save_data(adata, attr="obsm", key=f"X_{key_added}", data=res.emb)
     adata.uns[key_added] = {"params": params}
     adata.uns[f"{key_added}_colors"] = [_COLORS.get(c, "#1f77b4") for c in (negative, positive)]

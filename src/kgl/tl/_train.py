@@ -311,20 +311,9 @@ def train(
     fit = _build_optimizer(model, data, cfg, device=dev, amp=amp)
     progress = _resume(cfg, fit, data) if cfg.resume else _Progress()
 
-    t_start = time.perf_counter()
-    for epoch in range(progress.start_epoch, cfg.epochs):
-        frozen = epoch < cfg.freeze_epochs
-        row = {"epoch": epoch + 1, **_train_one_epoch(fit, data, cfg, epoch=epoch, frozen=frozen, progress=progress)}
-        row.update(_evaluate(fit, data.val_loader))
-        row = {k: row[k] for k in _HISTORY_COLUMNS}
-        improved = progress.record(row, fit.model, cfg.select)
-        _log_epoch(row, improved)
-        if cfg.out is not None:
-            _save_state(cfg.out, fit, data, progress, epoch=epoch, select=cfg.select)
-        if progress.bad_epochs >= cfg.patience and not frozen:
-            logger.info("early stopping: no validation improvement for %d epochs", cfg.patience)
-            break
-    seconds = time.perf_counter() - t_start
+    seconds = fit_epochs(
+        cfg, fit, data, progress, train_one_epoch=_train_one_epoch, evaluate=_evaluate, columns=_HISTORY_COLUMNS
+    )
 
     result = _finalise(patches, cfg, fit, data, progress, patch_um=patch_um, seconds=seconds)
     if cfg.out is not None:
@@ -332,6 +321,43 @@ def train(
 
         save_checkpoint(result.model, cfg.out / "best.pt")
     return result
+
+
+def fit_epochs(
+    cfg: Any,
+    fit: Any,
+    data: Any,
+    progress: _Progress,
+    *,
+    train_one_epoch: Any,
+    evaluate: Any,
+    columns: Sequence[str],
+    log_epoch: Any = None,
+) -> float:
+    """The epoch loop every kgl trainer shares; returns its wall-clock seconds.
+
+    Per epoch: ``train_one_epoch(fit, data, cfg, epoch=, frozen=, progress=)`` then
+    ``evaluate(fit, data.val_loader)``, one history row (``columns``), the best weights kept by
+    ``cfg.select`` (:meth:`_Progress.record`), ``last.pt`` + ``history.csv`` in ``cfg.out``
+    (:func:`_save_state`) and early stopping after ``cfg.patience`` epochs without improvement.
+    ``cfg`` needs ``epochs``, ``freeze_epochs``, ``select``, ``patience`` and ``out``; ``fit`` and
+    ``data`` what :func:`_save_state` saves. The patch classifier (:func:`train`) and the map
+    (:func:`kgl.tl.train_map`) differ only in the steps they pass.
+    """
+    t_start = time.perf_counter()
+    for epoch in range(progress.start_epoch, cfg.epochs):
+        frozen = epoch < cfg.freeze_epochs
+        row = {"epoch": epoch + 1, **train_one_epoch(fit, data, cfg, epoch=epoch, frozen=frozen, progress=progress)}
+        row.update(evaluate(fit, data.val_loader))
+        row = {k: row[k] for k in columns}
+        improved = progress.record(row, fit.model, cfg.select)
+        (log_epoch or _log_epoch)(row, improved)
+        if cfg.out is not None:
+            _save_state(cfg.out, fit, data, progress, epoch=epoch, select=cfg.select)
+        if progress.bad_epochs >= cfg.patience and not frozen:
+            logger.info("early stopping: no validation improvement for %d epochs", cfg.patience)
+            break
+    return time.perf_counter() - t_start
 
 
 def _check_inputs(patches: pd.DataFrame, cfg: TrainConfig) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -1,0 +1,398 @@
+"""The dense glomerulus map: one segmentation over the tissue, then per-spot fractions and calls.
+
+:func:`predict_map` is the one inference loop over map tiles (:class:`kgl.im.MapTiles`): tiles
+overlap by two halos and are blended with a ramp (:func:`kgl.im.blend_window`), so the map has no
+seams. :func:`glomerulus_map` stores the map as an image of the sample (``uns["spatial"][lib]
+["images"][key]``, uint8 probability × 255, with ``scalefactors[f"tissue_{key}_scalef"]``), and
+:func:`kgl.tl.classify_spots` with a map model (``task="segment"``) reads per-spot fractions off it
+through :class:`_MapRun`, which shares everything else of the patch classifier's run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from kgl._docs import d
+from kgl._geometry import SPOT_DIAMETER_UM, SPOT_PITCH_UM, disk_means, disk_pixel_weights
+from kgl._logging import logger
+from kgl._types import Precision
+from kgl._validators import check_int
+from kgl.tl._classify import _prefetch, _Run
+
+if TYPE_CHECKING:  # pragma: no cover
+    from anndata import AnnData
+    from spatialdata import SpatialData
+
+__all__ = ["MapPrediction", "glomerulus_map", "predict_map", "spot_fractions"]
+
+#: Fractions are clipped to ``[_EPS, 1 - _EPS]`` before their logit is calibrated.
+_EPS = 1e-4
+
+
+@dataclass
+class MapPrediction:
+    """A map over one image region (:class:`kgl.im.MapGrid`): glomerulus probability per map pixel.
+
+    ``features`` (optional) are the encoder's deepest features blended the same way, one cell per
+    32 map pixels, ``(C, ceil(rows / 32), ceil(cols / 32))``.
+    """
+
+    proba: np.ndarray
+    grid: Any
+    features: np.ndarray | None = None
+
+
+def predict_map(
+    model: Any,
+    image: Any,
+    grid: Any,
+    *,
+    tile_size: int = 512,
+    halo: int = 64,
+    batch_size: int = 4,
+    device: Any,
+    amp: Any,
+    features: bool = False,
+    show_progress: bool = False,
+    desc: str = "map",
+) -> MapPrediction:
+    """Run a :class:`~kgl.models.GlomSegmenter` over every tile of ``grid`` and blend the tiles.
+
+    ``device``/``amp`` as :func:`kgl.tl._device.resolve_device` / ``autocast_dtype`` give them. Tiles
+    are read one batch ahead in a thread (:func:`kgl.tl._classify._prefetch`).
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from kgl.im import MapTiles, blend_window
+    from kgl.tl._device import normalise_uint8, normaliser
+
+    tiles = MapTiles(image, grid, size=tile_size, halo=halo)
+    rows, cols = grid.shape
+    acc = np.zeros((rows, cols), dtype=np.float32)
+    wsum = np.zeros((rows, cols), dtype=np.float32)
+    win = blend_window(tile_size, halo)
+    fwin = win[16::32, 16::32]
+    facc: np.ndarray | None = None
+    fsum = np.zeros(((rows + 31) // 32, (cols + 31) // 32), dtype=np.float32)
+    mean, std = normaliser(model.spec.preprocessing, device)
+    batches = [range(s, min(s + batch_size, len(tiles))) for s in range(0, len(tiles), batch_size)]
+
+    def read(b: range) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        items = [tiles[k] for k in b]
+        return np.array([t[0] for t in items]), np.array([t[1] for t in items]), np.stack([t[2] for t in items])
+
+    reads = (read(b) for b in batches)
+    model = model.eval().to(device)
+    with torch.inference_mode(), torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+        for rr, cc, x in tqdm(_prefetch(reads), total=len(batches), desc=desc, unit="batch", disable=not show_progress):
+            x = normalise_uint8(torch.as_tensor(x).to(device), mean, std)
+            if features:
+                logits, f = model.forward_with_features(x)
+                f = f.float().cpu().numpy()
+            else:
+                logits, f = model(x), None
+            p = torch.sigmoid(logits.float())[:, 0].cpu().numpy()
+            for b, (r, c) in enumerate(zip(rr, cc, strict=True)):
+                _accumulate(acc, wsum, p[b] * win, win, int(r), int(c))
+                if f is not None:
+                    if facc is None:
+                        facc = np.zeros((f.shape[1], *fsum.shape), dtype=np.float32)
+                    _accumulate(facc, fsum, f[b] * fwin, fwin, int(r) // 32, int(c) // 32)
+    proba = acc / np.maximum(wsum, 1e-12)
+    feats = None if facc is None else facc / np.maximum(fsum, 1e-12)
+    return MapPrediction(proba.astype(np.float32), grid, feats)
+
+
+def _accumulate(acc: np.ndarray, wsum: np.ndarray, values: np.ndarray, weight: np.ndarray, r: int, c: int) -> None:
+    """Add a weighted tile (its top-left at region pixel ``(r, c)``, maybe negative) into the canvases, clipped."""
+    h, w = wsum.shape
+    th, tw = weight.shape
+    ra, rb, ca, cb = max(r, 0), min(r + th, h), max(c, 0), min(c + tw, w)
+    if ra >= rb or ca >= cb:
+        return
+    acc[..., ra:rb, ca:cb] += values[..., ra - r : rb - r, ca - c : cb - c]
+    wsum[ra:rb, ca:cb] += weight[ra - r : rb - r, ca - c : cb - c]
+
+
+def spot_fractions(pred: MapPrediction, centers: np.ndarray, mpp: float) -> tuple[np.ndarray, np.ndarray]:
+    """Each spot's glomerulus fraction: the map's exact mean over its 55-µm disk, and the disk's share on the map.
+
+    ``centers`` are full-resolution ``(x, y)``, ``mpp`` µm per full-resolution pixel. The disk mean
+    weights each map pixel by its area inside the disk (:func:`kgl._geometry.disk_means`): the
+    geometry of :func:`kgl._geometry.spot_coverage`, which defines the ground truth. (spatialdata's
+    ``aggregate`` takes image values by labels, not by shapes, so a vectorised disk mean it is.)
+    """
+    xy = pred.grid.to_map(centers)
+    radius = SPOT_DIAMETER_UM / 2 / pred.grid.mpp
+    return disk_means(pred.proba, xy, radius, pixel=1.0, origin=-0.5)
+
+
+def spot_features(pred: MapPrediction, centers: np.ndarray, window_um: float) -> np.ndarray:
+    """Encoder features pooled over a disk of diameter ``window_um`` around each spot (area-weighted cells)."""
+    feats = pred.features
+    if feats is None:
+        raise ValueError("The map was predicted without features (features=True).")
+    xy = pred.grid.to_map(centers)
+    radius = max(window_um / 2 / pred.grid.mpp, 16.0)  # at least half a feature cell
+    c, h, w = feats.shape
+    out = np.empty((len(xy), c), dtype=np.float32)
+    for s in range(0, len(xy), 256):
+        rows, cols, wt = disk_pixel_weights(xy[s : s + 256], radius, pixel=32.0, origin=-0.5)
+        ok = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
+        wt = np.where(ok, wt, 0.0)
+        wt /= np.maximum(wt.sum(axis=(1, 2), keepdims=True), 1e-12)
+        cells = feats[:, np.clip(rows, 0, h - 1), np.clip(cols, 0, w - 1)]  # (C, n, k, k)
+        out[s : s + 256] = np.einsum("cnij,nij->nc", cells, wt)
+    return out
+
+
+def fraction_proba(fraction: np.ndarray, calibration: Any) -> np.ndarray:
+    """Calibrated probability of a spot from its map fraction: ``sigmoid(logit(f) / T + b)`` (fitted on validation)."""
+    from kgl.tl._calibration import calibrated_proba
+
+    f = np.clip(np.asarray(fraction, dtype=np.float64), _EPS, 1 - _EPS)
+    margin = np.log(f) - np.log1p(-f)
+    return calibrated_proba(
+        np.column_stack((np.zeros(len(f)), margin)), calibration.temperature, calibration.logit_bias
+    )
+
+
+def library_map(
+    net: Any,
+    spots: Any,
+    *,
+    tile_size: int = 512,
+    halo: int = 64,
+    batch_size: int = 4,
+    device: Any,
+    amp: Any,
+    features: bool = False,
+    show_progress: bool = False,
+) -> MapPrediction:
+    """The map of one library (:class:`kgl.im.SpotSet`) over its spots' bounding box plus one spot pitch."""
+    from kgl.im import map_grid
+
+    margin = (SPOT_PITCH_UM + SPOT_DIAMETER_UM / 2) / spots.mpp
+    (x0, y0), (x1, y1) = spots.centers.min(axis=0) - margin, spots.centers.max(axis=0) + margin
+    grid = map_grid(spots.image, image_mpp=spots.mpp, model_mpp=net.spec.mpp, bbox=(x0, y0, x1, y1))
+    return predict_map(
+        net,
+        spots.image,
+        grid,
+        tile_size=tile_size,
+        halo=halo,
+        batch_size=batch_size,
+        device=device,
+        amp=amp,
+        features=features,
+        show_progress=show_progress,
+        desc=f"map {spots.library_id}",
+    )
+
+
+class _MapRun(_Run):
+    """:class:`kgl.tl._classify._Run` for a map model: per-spot fractions from the map instead of patches."""
+
+    def __init__(self, net: Any, spec: Any, *, batch_size: int, device: Any, amp: Any, show_progress: bool,
+                 tile_size: int = 512, halo: int = 64) -> None:  # fmt: skip
+        from kgl.models import state_dict_sha256
+
+        self.base, self.spec = net, spec
+        self.patch_um, self.input_size = spec.preprocessing.patch_um, spec.preprocessing.input_size
+        self.batch_size, self.num_workers, self.show_progress = batch_size, 0, show_progress
+        self.device, self.amp = device, amp
+        self.adapt_bn, self.stain_norm = False, None
+        self.tile_size, self.halo = tile_size, halo
+        self.model_sha256 = state_dict_sha256(net)
+        self.folded = net
+
+    def library(self, spots: Any, threshold_rule: str | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict, dict]:
+        """Calibrated probabilities, pooled features, in-image shares, params and ``{"fraction": ...}``."""
+        from kgl.tl._classify import apply_threshold_rule
+
+        pred = library_map(
+            self.folded,
+            spots,
+            tile_size=self.tile_size,
+            halo=self.halo,
+            batch_size=max(1, self.batch_size // 16),  # a batch of spots ≈ 16 patches per tile
+            device=self.device,
+            amp=self.amp,
+            features=True,
+            show_progress=self.show_progress,
+        )
+        frac, inside = spot_fractions(pred, spots.centers, spots.mpp)
+        frac = np.nan_to_num(frac, nan=0.0)
+        emb = spot_features(pred, spots.centers, self.spec.preprocessing.patch_um / 2)
+        p = fraction_proba(frac, self.spec.calibration).astype(np.float32)
+        info: dict[str, Any] = {}
+        if threshold_rule is not None:
+            p, thr, info = apply_threshold_rule(p, threshold_rule, self.spec)
+            p = p.astype(np.float32)
+            info["threshold"] = thr
+        g = pred.grid
+        info.update({
+            "img_key": spots.img_key,
+            **(spots.mpp_info.as_params() if spots.mpp_info is not None else {"mpp": spots.mpp}),
+            "img_mpp": spots.image_mpp,
+            "map_mpp": g.mpp,
+            "map_level": g.level,
+            "level_downsample": spots.image.levels[g.level].downsample,
+            "n_spots": len(spots.index),
+            "n_partly_outside": int((inside < 1.0 - 1e-6).sum()),
+        })  # fmt: skip
+        return p, emb, inside.astype(np.float32), info, {"fraction": frac.astype(np.float32)}
+
+    def params(self, res: Any, **kwargs: Any) -> dict[str, Any]:
+        """The patch run's params, plus the map's architecture, resolution and tiling."""
+        out = super().params(res, **kwargs)
+        out.update({"task": "segment", "arch": self.spec.arch, "map_mpp": self.spec.mpp, "tile_size": self.tile_size,
+                    "halo": self.halo, "adapt_bn": False, "stain_norm": "none"})  # fmt: skip
+        return out
+
+
+@d.dedent
+def glomerulus_map(
+    adata: AnnData | SpatialData,
+    model: Any = None,
+    *,
+    library_id: str | Sequence[str] | None = None,
+    tile_size: int = 512,
+    halo: int = 64,
+    batch_size: int = 4,
+    device: Any = "auto",
+    precision: Precision = "auto",
+    img_key: str | None = None,
+    allow_upsampling: bool = False,
+    spatial_key: str = "spatial",
+    library_key: str = "library_id",
+    table_name: str | None = None,
+    key_added: str = "glomerulus",
+    copy: bool = False,
+    show_progress: bool = True,
+) -> Any:
+    """Segment glomeruli densely over the tissue under the spots: a probability map per library.
+
+    The map model (``task="segment"``, e.g. ``"kgl-glom-map-v1"``) runs on overlapping tiles of the
+    pyramid level nearest its µm/px, over the spots' bounding box plus one spot pitch (the image is
+    never read whole), and the tiles are blended seamlessly.
+
+    Parameters
+    ----------
+    adata
+        :class:`~anndata.AnnData` in the squidpy Visium layout, or a :class:`~spatialdata.SpatialData`
+        (the map becomes an image element ``f"{region}_{key_added}"`` aligned with the tissue image).
+    model
+        A map model: registry name, checkpoint path or :class:`~kgl.models.GlomSegmenter`. Default:
+        ``"kgl-glom-map-v1"``.
+    %(library_ids)s
+    tile_size, halo
+        Tile side and overlap margin in map pixels (multiples of 32).
+    batch_size
+        Tiles per forward pass.
+    device, precision
+        As in :func:`kgl.tl.classify_spots`.
+    %(img_key)s
+    allow_upsampling
+        As in :func:`kgl.tl.classify_spots`.
+    %(spatial_key)s
+    %(library_key)s
+    %(table_name)s
+    key_added
+        The map goes to ``uns[spatial_key][lib]["images"][key_added]`` (``uint8``, probability ×
+        255), its scale to ``scalefactors[f"tissue_{key_added}_scalef"]`` (map px per full-res px,
+        so ``squidpy.pl.spatial_scatter(img_res_key=key_added)`` shows it) and its parameters to
+        ``uns[f"{key_added}_map"]["params"]``.
+    copy
+        Return a modified copy instead of writing into ``adata``.
+    show_progress
+        Show a progress bar.
+
+    Returns
+    -------
+    ``None``, or the annotated copy when ``copy=True``. Everything is computed before anything is written.
+
+    """
+    from kgl._spatialdata import is_spatialdata
+
+    if is_spatialdata(adata):
+        from kgl._spatialdata import map_on_spatialdata
+
+        kw = {k: v for k, v in locals().items() if k not in ("adata", "copy", "table_name", "is_spatialdata")}
+        return map_on_spatialdata(glomerulus_map, adata, table_name=table_name, copy=copy, **kw)
+    if table_name is not None:
+        raise ValueError("table_name is only for a SpatialData object; adata is an AnnData.")
+    from kgl.im import check_resolution, spot_sets
+    from kgl.tl._device import autocast_dtype, resolve_device
+
+    check_int(batch_size, "batch_size")
+    if not isinstance(key_added, str) or not key_added:
+        raise ValueError(f"key_added must be a non-empty string, got {key_added!r}.")
+    net = resolve_map_model(model)
+    spec = net.spec
+    dev = resolve_device(device)
+    amp = autocast_dtype(dev, precision)
+    sets = spot_sets(adata, library_id=library_id, img_key=img_key, spatial_key=spatial_key, library_key=library_key)
+    check_resolution(sets, patch_um=spec.preprocessing.patch_um, size=spec.preprocessing.input_size,
+                     allow_upsampling=allow_upsampling, trained_mpp=spec.coarsest_training_mpp)  # fmt: skip
+    maps = {}
+    for spots in sets:
+        pred = library_map(net, spots, tile_size=tile_size, halo=halo, batch_size=batch_size, device=dev, amp=amp,
+                           show_progress=show_progress)  # fmt: skip
+        maps[spots.library_id] = (pred, spots)
+    if copy:
+        adata = adata.copy()
+    from kgl import __version__
+    from kgl.models import state_dict_sha256
+
+    libraries = {}
+    for lib, (pred, spots) in maps.items():
+        image, g = _full_frame(pred), pred.grid
+        meta = adata.uns[spatial_key][lib]
+        meta.setdefault("images", {})[key_added] = image
+        meta.setdefault("scalefactors", {})[f"tissue_{key_added}_scalef"] = 1.0 / g.downsample
+        libraries[lib] = {"map_mpp": g.mpp, "downsample": g.downsample, "level": g.level, "img_key": spots.img_key,
+                          "region": list(g.region), "shape": list(image.shape)}  # fmt: skip
+    adata.uns[f"{key_added}_map"] = {
+        "params": {
+            "model": spec.name or spec.arch,
+            "model_sha256": state_dict_sha256(net),
+            "arch": spec.arch,
+            "encoder": spec.backbone,
+            "map_mpp": spec.mpp,
+            "tile_size": tile_size,
+            "halo": halo,
+            "precision": "fp32" if amp is None else str(amp).replace("torch.", ""),
+            "device": str(dev),
+            "libraries": libraries,
+            "kgl_version": __version__,
+        }
+    }
+    return adata if copy else None
+
+
+def _full_frame(pred: MapPrediction) -> np.ndarray:
+    """The region's map as ``uint8`` (probability × 255) in an image starting at the full-res origin (0 before)."""
+    r0, r1, c0, c1 = pred.grid.region
+    out = np.zeros((r1, c1), dtype=np.uint8)
+    out[r0:r1, c0:c1] = np.clip(np.rint(pred.proba * 255.0), 0, 255).astype(np.uint8)
+    return out
+
+
+def resolve_map_model(model: Any) -> Any:
+    """The :class:`~kgl.models.GlomSegmenter` of ``model`` (``None``: ``"kgl-glom-map-v1"``); refuses classifiers."""
+    from kgl.models import resolve_model
+
+    net = resolve_model("kgl-glom-map-v1" if model is None else model)
+    if net.spec.task != "segment":
+        raise ValueError(
+            f"{net.spec.name or net.spec.backbone!r} is a patch classifier (task={net.spec.task!r}); a glomerulus map "
+            "needs a map model (task='segment'), e.g. model='kgl-glom-map-v1' (`kgl train --name kgl-glom-map-v1`)."
+        )
+    logger.debug("map model %s (%s/%s) at %.3g µm/px", net.spec.name, net.spec.arch, net.spec.backbone, net.spec.mpp)
+    return net
