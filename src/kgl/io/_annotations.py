@@ -22,7 +22,7 @@ import pandas as pd
 from kgl._geometry import polygonal_part
 from kgl._logging import logger
 
-__all__ = ["mask_to_polygons", "read_coco", "read_geojson", "read_mask"]
+__all__ = ["mask_to_polygons", "read_coco", "read_geojson", "read_mask", "write_geojson"]
 
 _COLUMNS = ["geometry", "name", "image"]
 _POLYGONAL = ("Polygon", "MultiPolygon")
@@ -125,8 +125,6 @@ def _features(obj: Any, source: str) -> list[dict]:
         feats = [f if f.get("type") == "Feature" else {"type": "Feature", "geometry": f, "properties": {}} for f in obj]
     else:
         raise TypeError(f"{source}: expected a path, a dict or a list of GeoJSON Features, got {type(obj).__name__}.")
-    if not feats:
-        raise ValueError(f"{source}: the GeoJSON has no features.")
     return feats
 
 
@@ -168,7 +166,8 @@ def read_geojson(
 
     Returns
     -------
-    :class:`pandas.DataFrame` with columns ``geometry`` (shapely ``Polygon``/``MultiPolygon`` in
+    :class:`pandas.DataFrame` (no rows for an empty ``FeatureCollection``: an image without
+    glomeruli) with columns ``geometry`` (shapely ``Polygon``/``MultiPolygon`` in
     the image's pixel frame), ``name`` (class from ``properties.classification.name``, a string
     ``classification`` or ``properties.name``; ``None`` when unclassified) and ``image`` (``None``).
 
@@ -178,6 +177,9 @@ def read_geojson(
 
     obj, source = _load_json(path_or_dict, "GeoJSON")
     feats = _features(obj, source)
+    if not feats:  # a slide without glomeruli is a valid annotation: all negative
+        logger.info("%s: the GeoJSON has no features (no annotated objects): zero polygons.", source)
+        return _frame([])
     names = [_class_name(f.get("properties")) for f in feats]
     if classes is not None:
         wanted = [classes] if isinstance(classes, str) else list(classes)
@@ -435,3 +437,79 @@ def read_mask(path: str | os.PathLike, *, min_area: float = 0.0) -> list[Any]:
         colour = [i for i, b in enumerate(bands) if b != "A"] or [0]
         arr = np.any(arr[..., colour] != 0, axis=-1)
     return mask_to_polygons(arr, min_area=min_area)
+
+
+# ---------------------------------------------------------------------------------------------
+# writing (QuPath)
+# ---------------------------------------------------------------------------------------------
+#: QuPath's colour of the class kgl writes (an RGB list, as QuPath exports it).
+_GLOMERULUS_RGB = [214, 39, 40]
+
+
+def write_geojson(
+    polygons: Any,
+    path: str | os.PathLike,
+    *,
+    classification: str = "Glomerulus",
+    pixel_origin: Literal["corner", "center"] = "corner",
+) -> Path:
+    """Write polygons as a QuPath GeoJSON ``FeatureCollection`` of annotations (atomically).
+
+    A pathologist opens it in QuPath over the same image (File ▸ Import objects), corrects it, and
+    exports it back for :func:`read_geojson` (the round trip keeps the polygons exactly).
+
+    Parameters
+    ----------
+    polygons
+        A (Geo)DataFrame with a ``geometry`` column (:func:`kgl.tl.glomeruli`; its other scalar
+        columns become QuPath measurements, lists are left out) or a sequence of shapely polygons,
+        in kgl's pixel frame (pixel centres at integers).
+    path
+        Output ``.geojson`` file.
+    classification
+        QuPath class of every feature.
+    pixel_origin
+        ``"corner"`` (QuPath): coordinates are shifted by ``+0.5`` (the inverse of :func:`read_geojson`).
+
+    Returns
+    -------
+    The path written.
+
+    """
+    import shapely
+    from shapely.geometry import mapping
+
+    from kgl._files import atomic_path
+
+    if isinstance(polygons, pd.DataFrame):
+        if "geometry" not in polygons:
+            raise KeyError(f"polygons has no 'geometry' column; it has {list(polygons.columns)}.")
+        geoms = list(polygons["geometry"])
+        scalar = [c for c in polygons.columns if c != "geometry" and pd.api.types.is_numeric_dtype(polygons[c])]
+        measurements = [{c: float(v) for c, v in row.items()} for row in polygons[scalar].to_dict("records")]
+        names = [str(i) for i in polygons.index]
+    else:
+        geoms = list(polygons)
+        measurements, names = [{} for _ in geoms], [None for _ in geoms]
+    bad = [type(g).__name__ for g in geoms if getattr(g, "geom_type", None) not in _POLYGONAL]
+    if bad:
+        raise ValueError(f"write_geojson writes polygons; got {bad[:3]} among the geometries.")
+    if pixel_origin not in ("corner", "center"):
+        raise ValueError(f"pixel_origin must be 'corner' or 'center', got {pixel_origin!r}.")
+    shift = 0.5 if pixel_origin == "corner" else 0.0
+    feats = []
+    for geom, meas, name in zip(geoms, measurements, names, strict=True):
+        props: dict[str, Any] = {
+            "objectType": "annotation",
+            "classification": {"name": classification, "color": _GLOMERULUS_RGB},
+        }
+        if name is not None:
+            props["name"] = name
+        if meas:
+            props["measurements"] = meas
+        moved = shapely.transform(geom, lambda c: c + shift)
+        feats.append({"type": "Feature", "geometry": mapping(moved), "properties": props})
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(json.dumps({"type": "FeatureCollection", "features": feats}), encoding="utf-8")
+    return path

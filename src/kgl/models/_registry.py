@@ -79,6 +79,28 @@ _BASE_RECIPE: dict[str, Any] = {
     "he_repeat": 0,
 }
 
+#: The recipe of the dense glomerulus map (:func:`kgl.recipes.train_map_model`, :func:`kgl.tl.train_map`):
+#: ``patch_um`` is a training crop's field of view (``mpp × input_size``), as :attr:`ModelEntry.preprocessing` reads it.
+_MAP_RECIPE: dict[str, Any] = {
+    "task": "segment",
+    "arch": "Unet",
+    "backbone": "mobilenet_v2",
+    "weights": "IMAGENET1K_V1",
+    "mpp": 2.0,
+    "input_size": 256,
+    "patch_um": 512.0,
+    "epochs": 5,
+    "steps_per_epoch": 100,
+    "batch_size": 12,
+    "lr": 1e-3,
+    "encoder_lr_factor": 0.5,
+    "glom_share": 0.5,
+    "augment": "hed+color",
+    "scale_jitter": (0.8, 1.25),
+    "select": "val_loss",
+    "he_repeat": 3,
+}
+
 #: Leave-one-case-out evaluation of the kgl-glom-v2 recipe (``kgl evaluate-recipe --out DIR --seeds 0 1 2``
 #: with this recipe; docs/training.md): per held-out set, (mean, sd) over seeds; validation threshold.
 _PROTOCOL_V2: dict[str, Any] = {
@@ -174,6 +196,16 @@ REGISTRY = ModelRegistry({
         "(patches repeated 3x), 110-µm patches at 112 px, 4 epochs, epoch kept by validation loss",
         recipe=MappingProxyType({**_BASE_RECIPE, "input_size": 112, "epochs": 4, "he_repeat": 3, "select": "val_loss"}),
         protocol=MappingProxyType(_PROTOCOL_V2),
+    ),
+    "kgl-glom-map-v1": ModelEntry(
+        name="kgl-glom-map-v1",
+        filename="kgl-glom-map-v1.pt",
+        url=None,
+        sha256=None,
+        description="Glomerulus map: smp U-Net on MobileNet_V2 (ImageNet) trained on the polygon masks of the "
+        "Masson/PASM/PAS glomeruli plus 2 H&E biopsy cases (repeated 3x), 2 µm/px, 256-px crops, BCE + Dice; "
+        "per-spot fraction = the map's mean over the 55-µm disk",
+        recipe=MappingProxyType(dict(_MAP_RECIPE)),
     ),
 }, default=DEFAULT_MODEL)  # fmt: skip
 

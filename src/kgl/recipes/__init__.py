@@ -6,15 +6,31 @@ metrics) and :mod:`kgl.pl` (the figures of a run). No room imports it; ``kgl tra
 ``kgl evaluate-recipe`` call it.
 """
 
+from kgl.recipes._map import (
+    MAP_MODEL,
+    map_training_slides,
+    object_scores,
+    score_map_model,
+    score_map_protocol,
+    summarise_map_protocol,
+    train_map_model,
+)
 from kgl.recipes._protocol import HE_CASES, TTA_VARIANTS, evaluate_recipe, rescore_protocol, summarise_protocol
 from kgl.recipes._train import DEFAULT_RECIPE, train_default_model
 
 __all__ = [
     "DEFAULT_RECIPE",
     "HE_CASES",
+    "MAP_MODEL",
     "TTA_VARIANTS",
     "evaluate_recipe",
+    "map_training_slides",
+    "object_scores",
     "rescore_protocol",
+    "score_map_model",
+    "score_map_protocol",
+    "summarise_map_protocol",
     "summarise_protocol",
     "train_default_model",
+    "train_map_model",
 ]

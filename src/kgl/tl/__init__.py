@@ -7,6 +7,7 @@ from kgl.tl._calibration import calibrated_proba, fit_calibration
 from kgl.tl._classify import apply_threshold_rule, classify_spots
 from kgl.tl._de import PODOCYTE_MARKERS, glom_markers, marker_check
 from kgl.tl._evaluate import calibration_table, choose_threshold, evaluate, evaluate_spots
+from kgl.tl._glomeruli import glomeruli, glomerulus_expression
 from kgl.tl._map import glomerulus_map
 from kgl.tl._predict import evaluate_patches
 from kgl.tl._review import apply_review
@@ -33,6 +34,8 @@ __all__ = [
     "expected_f1_threshold",
     "fit_calibration",
     "glom_markers",
+    "glomeruli",
+    "glomerulus_expression",
     "glomerulus_map",
     "marker_check",
     "prior_shift",
