@@ -430,7 +430,7 @@ def disk_pixel_weights(
 
 
 def disk_means(
-    image: np.ndarray, centers: np.ndarray, radius: float, *, pixel: float = 1.0, origin: float = 0.0, chunk: int = 512
+    image: np.ndarray, centers: np.ndarray, radius: float, *, pixel: float = 1.0, origin: float = 0.0, chunk: int = 128
 ) -> tuple[np.ndarray, np.ndarray]:
     """Mean of a 2-D ``image`` over each disk (pixel-exact, :func:`disk_pixel_weights`) and the disk's share on it.
 

@@ -103,9 +103,10 @@ def predict_map(
                     if facc is None:
                         facc = np.zeros((f.shape[1], *fsum.shape), dtype=np.float32)
                     _accumulate(facc, fsum, f[b] * fwin, fwin, int(r) // 32, int(c) // 32)
-    proba = acc / np.maximum(wsum, 1e-12)
-    feats = None if facc is None else facc / np.maximum(fsum, 1e-12)
-    return MapPrediction(proba.astype(np.float32), grid, feats)
+    np.divide(acc, np.maximum(wsum, 1e-12, out=wsum), out=acc)  # in place: a map is the largest array here
+    if facc is not None:
+        np.divide(facc, np.maximum(fsum, 1e-12), out=facc)
+    return MapPrediction(acc, grid, facc)
 
 
 def _accumulate(acc: np.ndarray, wsum: np.ndarray, values: np.ndarray, weight: np.ndarray, r: int, c: int) -> None:
@@ -141,13 +142,13 @@ def spot_features(pred: MapPrediction, centers: np.ndarray, window_um: float) ->
     radius = max(window_um / 2 / pred.grid.mpp, 16.0)  # at least half a feature cell
     c, h, w = feats.shape
     out = np.empty((len(xy), c), dtype=np.float32)
-    for s in range(0, len(xy), 256):
-        rows, cols, wt = disk_pixel_weights(xy[s : s + 256], radius, pixel=32.0, origin=-0.5)
+    for s in range(0, len(xy), 64):
+        rows, cols, wt = disk_pixel_weights(xy[s : s + 64], radius, pixel=32.0, origin=-0.5)
         ok = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
         wt = np.where(ok, wt, 0.0)
         wt /= np.maximum(wt.sum(axis=(1, 2), keepdims=True), 1e-12)
         cells = feats[:, np.clip(rows, 0, h - 1), np.clip(cols, 0, w - 1)]  # (C, n, k, k)
-        out[s : s + 256] = np.einsum("cnij,nij->nc", cells, wt)
+        out[s : s + 64] = np.einsum("cnij,nij->nc", cells, wt)
     return out
 
 

@@ -339,6 +339,11 @@ def _finalise_map(slides: pd.DataFrame, cfg: MapTrainConfig, fit: _Fit, data: _M
     frac, cov = validation_spots(maps, data.val_slides, cfg.mpp, cfg.seed)
     keep = (cov >= 0.5) | (cov == 0)  # ambiguous spots (0 < coverage < 0.5) are left out, as in the protocol
     y = (cov[keep] >= 0.5).astype(int)
+    if not 0 < y.sum() < len(y):
+        raise ValueError(
+            f"The validation slides give {int(y.sum())} glomerulus spots (coverage ≥ 0.5) of {len(y)}: the spot "
+            "calibration needs both. Put slides with whole glomeruli (and background) in the 'val' split."
+        )
     f = np.clip(frac[keep], _EPS, 1 - _EPS)
     calibration = fit_calibration(np.column_stack((np.zeros(len(f)), np.log(f) - np.log1p(-f))), y)
     from kgl.models import Calibration
