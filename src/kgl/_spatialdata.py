@@ -20,7 +20,7 @@ import pandas as pd
 if TYPE_CHECKING:  # pragma: no cover
     from spatialdata import SpatialData
 
-__all__ = ["accepts_spatialdata", "is_spatialdata", "run_on_spatialdata", "spatialdata_view"]
+__all__ = ["accepts_spatialdata", "is_spatialdata", "map_on_spatialdata", "run_on_spatialdata", "spatialdata_view"]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -156,6 +156,45 @@ def run_on_spatialdata(func: Callable, sdata: SpatialData, *, table_name: str | 
     return sdata if copy else None
 
 
+def map_on_spatialdata(func: Callable, sdata: SpatialData, *, table_name: str | None, copy: bool, **kwargs: Any) -> Any:
+    """Run a dense-map function on a SpatialData's spots; each map becomes an image element aligned with the tissue.
+
+    The AnnData function stores its map in the view as ``uns["spatial"][region]["images"][key]``
+    (map pixel ``j`` covering the tissue image's pixels ``[j·D − 0.5, (j+1)·D − 0.5)``, ``D`` =
+    ``1 / scalefactors[f"tissue_{key}_scalef"]``). Here it becomes the image element
+    ``f"{region}_{key}"`` whose transformation to every coordinate system of the tissue image is
+    that scale and half-pixel shift followed by the tissue image's own transformation; the map's
+    parameters (new ``uns`` keys) go into the table's ``uns``.
+    """
+    from spatialdata.models import Image2DModel
+    from spatialdata.transformations import Scale, Sequence, Translation, get_transformation
+
+    key = kwargs.get("key_added", "glomerulus")
+    view, table_name = spatialdata_view(
+        sdata, table_name=table_name, img_key=kwargs.get("img_key"), library_key=kwargs.get("library_key", "library_id")
+    )
+    before_uns = set(view.uns)
+    func(view, copy=False, table_name=None, **kwargs)
+    if copy:
+        import spatialdata
+
+        sdata = spatialdata.deepcopy(sdata)
+    for region, meta in view.uns["spatial"].items():
+        arr = (meta.get("images") or {}).get(key)
+        if not isinstance(arr, np.ndarray):  # no map for this region (a library not asked for)
+            continue
+        d = 1.0 / float(meta["scalefactors"][f"tissue_{key}_scalef"])
+        tissue = sdata.images[meta["metadata"]["spatialdata_image"]]
+        to_tissue = Sequence([Scale([d, d], axes=("x", "y")), Translation([-0.5, -0.5], axes=("x", "y"))])
+        transformations = {cs: Sequence([to_tissue, t]) for cs, t in get_transformation(tissue, get_all=True).items()}
+        sdata.images[f"{region}_{key}"] = Image2DModel.parse(arr[None], dims=("c", "y", "x"),
+                                                             transformations=transformations)  # fmt: skip
+    table = sdata.tables[table_name]
+    for k in set(view.uns) - before_uns:
+        table.uns[k] = view.uns[k]
+    return sdata if copy else None
+
+
 def plotting_view(
     sdata: SpatialData, *, table_name: str | None = None, max_px: int = 2000, library_key: str = "library_id"
 ) -> Any:
@@ -186,7 +225,7 @@ def plotting_view(
     return view
 
 
-def accepts_spatialdata(kind: Literal["annotate", "table", "plot"]) -> Callable[[_F], _F]:
+def accepts_spatialdata(kind: Literal["annotate", "map", "table", "plot"]) -> Callable[[_F], _F]:
     """Let an AnnData function (``adata`` first, ``table_name=`` keyword) take a SpatialData too.
 
     The call is bound to the function's real signature (:func:`inspect.Signature.bind`, defaults
@@ -195,19 +234,21 @@ def accepts_spatialdata(kind: Literal["annotate", "table", "plot"]) -> Callable[
 
     - ``"annotate"``: a view of the spots in the squidpy layout (:func:`spatialdata_view`); the
       outputs are copied back into the table (:func:`run_on_spatialdata`; ``copy=`` honoured);
+    - ``"map"``: as ``"annotate"``, and the dense maps the function stored become image elements
+      (:func:`map_on_spatialdata`);
     - ``"table"``: the table itself (:func:`_table`);
     - ``"plot"``: an in-memory plotting view (:func:`plotting_view`).
 
     The AnnData path is ``wrapper.__wrapped__``, looked up at call time; it receives
     ``table_name=None``.
     """
-    if kind not in ("annotate", "table", "plot"):
-        raise ValueError(f"kind must be 'annotate', 'table' or 'plot', got {kind!r}.")
+    if kind not in ("annotate", "map", "table", "plot"):
+        raise ValueError(f"kind must be 'annotate', 'map', 'table' or 'plot', got {kind!r}.")
 
     def decorate(func: _F) -> _F:
         sig = inspect.signature(func)
         first = next(iter(sig.parameters))
-        if "table_name" not in sig.parameters or (kind == "annotate" and "copy" not in sig.parameters):
+        if "table_name" not in sig.parameters or (kind in ("annotate", "map") and "copy" not in sig.parameters):
             raise TypeError(f"{func.__name__} needs table_name= (and copy= to annotate) to accept SpatialData.")
 
         @functools.wraps(func)
@@ -226,9 +267,10 @@ def accepts_spatialdata(kind: Literal["annotate", "table", "plot"]) -> Callable[
                 elif param.kind is inspect.Parameter.VAR_POSITIONAL:
                     raise TypeError(f"{func.__name__}: *args cannot be bound for SpatialData input.")
             table_name = kw.pop("table_name")
-            if kind == "annotate":
+            if kind in ("annotate", "map"):
                 copy = kw.pop("copy")
-                return run_on_spatialdata(impl, data, table_name=table_name, copy=copy, **kw)
+                run = run_on_spatialdata if kind == "annotate" else map_on_spatialdata
+                return run(impl, data, table_name=table_name, copy=copy, **kw)
             if kind == "table":
                 return impl(_table(data, table_name)[1], table_name=None, **kw)
             library_key = kw.get("library_key", "library_id")

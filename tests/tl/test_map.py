@@ -258,3 +258,33 @@ def test_train_map_runs_resumes_and_calibrates(tmp_path):
     assert back.spec.name == "kgl-glom-map"
     with pytest.raises(KeyError, match="has no 'split' column"):
         kgl.tl.train_map(slides.drop(columns="split"), **kw)
+
+
+def test_spatialdata_fractions_and_map_element():
+    from spatialdata.transformations import get_transformation
+    from spatialdata_io.experimental import from_legacy_anndata
+
+    adata = _painted()
+    sdata = from_legacy_anndata(adata.copy())
+    kgl.tl.classify_spots(sdata, red_fraction_segmenter(), show_progress=False, precision="fp32")
+    kgl.tl.classify_spots(adata, red_fraction_segmenter(), show_progress=False, precision="fp32")
+    table = sdata.tables["table"]
+    np.testing.assert_allclose(table.obs["glomerulus_fraction"].to_numpy(), adata.obs["glomerulus_fraction"], atol=1e-6)
+    # the map as an image element, placed through the tissue image's own transformation
+    assert kgl.tl.glomerulus_map(sdata, red_fraction_segmenter(), show_progress=False, precision="fp32") is None
+    (name,) = [n for n in sdata.images if n.endswith("_glomerulus")]
+    element = sdata.images[name]
+    (tissue,) = [n for n in sdata.images if not n.endswith("_glomerulus")]
+    assert set(get_transformation(element, get_all=True)) == set(get_transformation(sdata.images[tissue], get_all=True))
+    cs = next(iter(get_transformation(element, get_all=True)))
+    to_cs = get_transformation(element, cs).to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y"))
+    tissue_cs = get_transformation(sdata.images[tissue], cs).to_affine_matrix(input_axes=("x", "y"),
+                                                                              output_axes=("x", "y"))  # fmt: skip
+    m = np.asarray(element.data[0])
+    yy, xx = np.nonzero(m > 128)
+    centre_map = to_cs @ np.array([xx.mean() + 0.5, yy.mean() + 0.5, 1.0])  # spatialdata: pixel j spans [j, j + 1)
+    (cx, cy), _ = GLOM
+    scale = adata.uns["spatial"]["lib"]["scalefactors"]["tissue_hires_scalef"]
+    centre_tissue = tissue_cs @ np.array([cx / MPP * scale, cy / MPP * scale, 1.0])
+    assert np.abs(centre_map[:2] - centre_tissue[:2]).max() < 3.0  # within a map pixel (4 px of the tissue image)
+    assert "glomerulus_map" in table.uns

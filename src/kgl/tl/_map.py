@@ -19,6 +19,7 @@ import numpy as np
 from kgl._docs import d
 from kgl._geometry import SPOT_DIAMETER_UM, SPOT_PITCH_UM, disk_means, disk_pixel_weights
 from kgl._logging import logger
+from kgl._spatialdata import accepts_spatialdata
 from kgl._types import Precision
 from kgl._validators import check_int
 from kgl.tl._classify import _prefetch, _Run
@@ -257,6 +258,7 @@ class _MapRun(_Run):
         return out
 
 
+@accepts_spatialdata("map")
 @d.dedent
 def glomerulus_map(
     adata: AnnData | SpatialData,
@@ -319,18 +321,11 @@ def glomerulus_map(
     ``None``, or the annotated copy when ``copy=True``. Everything is computed before anything is written.
 
     """
-    from kgl._spatialdata import is_spatialdata
-
-    if is_spatialdata(adata):
-        from kgl._spatialdata import map_on_spatialdata
-
-        kw = {k: v for k, v in locals().items() if k not in ("adata", "copy", "table_name", "is_spatialdata")}
-        return map_on_spatialdata(glomerulus_map, adata, table_name=table_name, copy=copy, **kw)
-    if table_name is not None:
-        raise ValueError("table_name is only for a SpatialData object; adata is an AnnData.")
     from kgl.im import check_resolution, spot_sets
     from kgl.tl._device import autocast_dtype, resolve_device
 
+    if table_name is not None:
+        raise ValueError("table_name is only for a SpatialData object; adata is an AnnData.")
     check_int(batch_size, "batch_size")
     if not isinstance(key_added, str) or not key_added:
         raise ValueError(f"key_added must be a non-empty string, got {key_added!r}.")
