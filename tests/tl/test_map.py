@@ -88,7 +88,7 @@ def test_glomerulus_map_storage_and_squidpy_frame():
 def test_map_refuses_classifier_and_writes_nothing():
     adata = _painted()
     before = (dict(adata.uns["spatial"]["lib"]["images"]), sorted(adata.uns))
-    with pytest.raises(ValueError, match="patch classifier .* needs a map model"):
+    with pytest.raises(ValueError, match=r"patch classifier .* needs a map model"):
         kgl.tl.glomerulus_map(adata, tiny_cnn(), show_progress=False)
     with pytest.raises(ValueError, match="adapt_bn / stain_norm are patch-classifier options"):
         kgl.tl.classify_spots(adata, red_fraction_segmenter(), adapt_bn=True, show_progress=False)

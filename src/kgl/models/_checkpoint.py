@@ -97,14 +97,18 @@ def load_checkpoint(
         config = json.loads(payload["config"])
         sha = config.pop("sha256", None)
         extra = {k: v for k, v in config.items() if k not in _BUILD_KEYS}
-        model = rebuild_segmenter(config) if config.get("task") == "segment" else build_model(
-            config["backbone"],
-            weights=None,
-            class_names=tuple(config["class_names"]),
-            patch_um=config["patch_um"],
-            input_size=config["input_size"],
-            threshold=config["threshold"],
-            **extra,
+        model = (
+            rebuild_segmenter(config)
+            if config.get("task") == "segment"
+            else build_model(
+                config["backbone"],
+                weights=None,
+                class_names=tuple(config["class_names"]),
+                patch_um=config["patch_um"],
+                input_size=config["input_size"],
+                threshold=config["threshold"],
+                **extra,
+            )
         )
     except (KeyError, TypeError, ValueError) as e:  # json.JSONDecodeError is a ValueError
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
