@@ -40,3 +40,34 @@ def test_spatial_glom_spatialdata(visium, tmp_path):
     kgl.tl.classify_spots(sdata, center_red_model(), show_progress=False)
     axes = kgl.pl.spatial_glom(sdata, save=tmp_path / "sd.png")
     assert len(axes) == 2 and (tmp_path / "sd.png").stat().st_size > 1000
+
+
+def test_spatial_glom_draws_the_map_under_the_spots_and_the_outlines(tmp_path):
+    import matplotlib.pyplot as plt
+    import shapely
+
+    from _kgl_fixtures import make_visium, paint_disk, red_fraction_segmenter
+
+    adata = make_visium(width=1200, height=1000, mpp=0.5, hires_scalef=0.5)
+    paint_disk(adata, (300.0, 250.0), 90.0)
+    model = red_fraction_segmenter()
+    kgl.tl.classify_spots(adata, model, show_progress=False, precision="fp32")
+    with pytest.raises(KeyError, match="No glomerulus map 'glomerulus'.*run kgl.tl.glomerulus_map"):
+        kgl.pl.spatial_glom(adata, show_map=True)
+    kgl.tl.glomerulus_map(adata, model, show_progress=False, precision="fp32")
+    gdf = kgl.tl.glomeruli(adata)
+    axes = kgl.pl.spatial_glom(adata, show_map=True, glomeruli=gdf, save=tmp_path / "map.png")
+    assert (tmp_path / "map.png").stat().st_size > 0
+    for ax in axes:
+        overlay = ax.images[-1]
+        x0, x1, y1, y0 = overlay.get_extent()
+        sf = adata.uns["spatial"]["lib"]["scalefactors"]
+        # the map spans its pixels' full-res extent, in the background image's pixels (hires: half of full-res)
+        assert x0 == pytest.approx(-0.5 * 0.5) and x1 == pytest.approx(
+            (overlay.get_array().shape[1] / sf["tissue_glomerulus_scalef"] - 0.5) * 0.5
+        )
+        assert overlay.get_zorder() < 1  # under the spots
+        (line,) = ax.lines
+        centre = shapely.Polygon(line.get_xydata()).centroid
+        assert np.allclose((centre.x, centre.y), (300.0, 250.0), atol=2)  # the glomerulus' centre, in hires px
+    plt.close("all")

@@ -51,6 +51,42 @@ def _with_reviewed_labels(adata: AnnData, key: str, colors: Sequence[str], spati
     return view
 
 
+def _map_overlay(adata: AnnData, library_id: str, key: str, spatial_key: str) -> tuple[np.ndarray, float]:
+    """The stored map of ``library_id`` and its full-res px per map px; a clear error when there is none."""
+    meta = _spatial_uns(adata, spatial_key)[library_id]
+    img = (meta.get("images") or {}).get(key)
+    scalef = (meta.get("scalefactors") or {}).get(f"tissue_{key}_scalef")
+    if img is None or not scalef:
+        raise KeyError(
+            f"No glomerulus map {key!r} in library {library_id!r}: run kgl.tl.glomerulus_map(adata, key_added={key!r}) "
+            f"first. Images: {list(meta.get('images') or {})}."
+        )
+    return np.asarray(img), 1.0 / float(scalef)
+
+
+def _draw_map_and_outlines(ax: Any, overlay: tuple[np.ndarray, float] | None, glomeruli: Any, scale: float) -> None:
+    """Draw a map (alpha rising with the probability) and polygon outlines onto axes in the background image's px."""
+    import shapely
+
+    if overlay is not None:
+        from matplotlib.colors import LinearSegmentedColormap
+
+        m, d = overlay
+        h, w = m.shape
+        cmap = LinearSegmentedColormap.from_list("kgl_map", [(0.0, (0.0, 0.6, 1.0, 0.0)), (1.0, (0.0, 0.6, 1.0, 0.6))])
+        # map pixel j covers full-res [j·d − 0.5, (j+1)·d − 0.5); axes are background-image px (full-res · scale)
+        extent = (-0.5 * scale, (w * d - 0.5) * scale, (h * d - 0.5) * scale, -0.5 * scale)
+        lim = (ax.get_xlim(), ax.get_ylim())
+        ax.imshow(m, cmap=cmap, vmin=0, vmax=255, extent=extent, interpolation="nearest", zorder=0.5)  # under the spots
+        ax.set_xlim(*lim[0])
+        ax.set_ylim(*lim[1])
+    if glomeruli is not None:
+        for geom in list(glomeruli.geometry if hasattr(glomeruli, "geometry") else glomeruli):
+            for poly in shapely.get_parts(geom):
+                xy = np.asarray(poly.exterior.coords) * scale
+                ax.plot(xy[:, 0], xy[:, 1], color="#00c8ff", lw=1.0, zorder=4)
+
+
 def _library_mpp(adata: AnnData, key: str, library_id: str, spatial_key: str, library_key: str) -> float:
     """µm per full-res px: what classify_spots recorded, else measured from the spot lattice."""
     try:
@@ -73,6 +109,8 @@ def spatial_glom(
     table_name: str | None = None,
     size: float = 1.0,
     scalebar: bool = True,
+    show_map: bool = False,
+    glomeruli: Any = None,
     figsize: tuple[float, float] | None = None,
     dpi: int = 150,
     save: str | os.PathLike | None = None,
@@ -102,6 +140,11 @@ def spatial_glom(
         Spot size relative to the 55-µm spot diameter.
     scalebar
         Draw a µm scale bar.
+    show_map
+        Overlay the glomerulus map of :func:`kgl.tl.glomerulus_map` (``uns[spatial_key][lib]["images"][key]``)
+        on every panel, transparent where the probability is low.
+    glomeruli
+        Outline these polygons (:func:`kgl.tl.glomeruli`, full-resolution frame) on every panel.
     figsize, dpi
         Figure size and resolution.
     save
@@ -174,8 +217,14 @@ def spatial_glom(
             if not plot_kwargs.get("library_first", True):
                 panels = [(lib, c) for c in colors for lib in libs]
             plot_kwargs["title"] = [f"{c} ({n[lib]} reviewed)" if c == key else c for lib, c in panels]
+    if show_map and len(libs) > 1:
+        raise ValueError(f"show_map draws one library's map; pass library_id= one of {libs}.")
+    overlay_map = _map_overlay(adata, libs[0], key, spatial_key) if show_map else None
     sq = _squidpy()
     axes = sq.pl.spatial_scatter(adata, **plot_kwargs)
     axs = list(np.ravel(axes)) if isinstance(axes, list | np.ndarray) else [axes]
+    img_scale = sf.get(f"tissue_{img_res_key}_scalef", 1.0) if img_res_key else 1.0
+    for a in axs:
+        _draw_map_and_outlines(a, overlay_map, glomeruli, img_scale)
     save_figure(axs[0].figure, save, dpi=dpi)
     return axs[0] if len(axs) == 1 else axs
