@@ -52,7 +52,7 @@ def test_spatial_glom_draws_the_map_under_the_spots_and_the_outlines(tmp_path):
     paint_disk(adata, (300.0, 250.0), 90.0)
     model = red_fraction_segmenter()
     kgl.tl.classify_spots(adata, model, show_progress=False, precision="fp32")
-    with pytest.raises(KeyError, match="No glomerulus map 'glomerulus'.*run kgl.tl.glomerulus_map"):
+    with pytest.raises(KeyError, match=r"No glomerulus map .glomerulus.*run kgl.tl.glomerulus_map"):
         kgl.pl.spatial_glom(adata, show_map=True)
     kgl.tl.glomerulus_map(adata, model, show_progress=False, precision="fp32")
     gdf = kgl.tl.glomeruli(adata)
@@ -60,7 +60,7 @@ def test_spatial_glom_draws_the_map_under_the_spots_and_the_outlines(tmp_path):
     assert (tmp_path / "map.png").stat().st_size > 0
     for ax in axes:
         overlay = ax.images[-1]
-        x0, x1, y1, y0 = overlay.get_extent()
+        x0, x1, _, _ = overlay.get_extent()
         sf = adata.uns["spatial"]["lib"]["scalefactors"]
         # the map spans its pixels' full-res extent, in the background image's pixels (hires: half of full-res)
         assert x0 == pytest.approx(-0.5 * 0.5) and x1 == pytest.approx(
