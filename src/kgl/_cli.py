@@ -76,8 +76,9 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser(
         "train",
         help="train one of kgl's glomerulus models (its registered recipe) and install it in the model cache",
-        description="Train the glomerulus classifier named by --name with its registered recipe (kgl.models.REGISTRY; "
-        "kgl-glom-v2: the multistain biopsy set split by biopsy plus the H&E biopsy cases), evaluate it on held-out "
+        description="Train the glomerulus model named by --name with its registered recipe (kgl.models.REGISTRY; "
+        "kgl-glom-v2: the patch classifier, kgl-glom-map-v1: the dense glomerulus map; both on the multistain biopsy "
+        "set split by biopsy plus the H&E biopsy cases), evaluate it on held-out "
         "biopsies and on the PAS tiles of another site, write the "
         "checkpoint, training curves and model card, and install it where classify_spots(model=NAME) finds it.",
     )
@@ -312,9 +313,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if v is not None
     }
     t0 = time.perf_counter()
-    path = kgl.recipes.train_default_model(
+    path = kgl.recipes.train_model(  # the map's recipe for a map model (kgl-glom-map-v1), else the patch recipe
+        args.name,
         args.out,
-        name=args.name,
         install=not args.no_install,
         seed=args.seed,
         device=args.device,
@@ -327,8 +328,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     )
     model = kgl.models.load_checkpoint(path)
     cfg = model.config
+    spec = model.spec
+    what = (
+        f"{spec.arch} on {spec.backbone}, a map at {spec.mpp:g} µm/px"
+        if spec.task == "segment"
+        else f"{cfg['backbone']}, {cfg['input_size']} px, {cfg['patch_um']:g} µm"
+    )
     print(
-        f"trained {cfg['name']} ({cfg['backbone']}, {cfg['input_size']} px, {cfg['patch_um']:g} µm) in "
+        f"trained {cfg['name']} ({what}) in "
         f"{time.perf_counter() - t0:.0f} s; best epoch {cfg['training']['best_epoch']} of "
         f"{cfg['training']['epochs_run']}; threshold {cfg['threshold']:.3f}, "
         f"calibration T={cfg['temperature']:.2f} b={cfg.get('logit_bias', 0.0):+.2f}"
@@ -388,7 +395,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             kgl.models.fetch_model(args.model)
         except FileNotFoundError:
             print(f"model {args.model!r} is not cached: training it first (kgl train --name {args.model})")
-            kgl.recipes.train_default_model(name=args.model, show_progress=not args.quiet)
+            kgl.recipes.train_model(args.model, show_progress=not args.quiet)
     t0 = time.perf_counter()
     adata = kgl.datasets.pas_tiles_visium()
     print(f"pseudo-Visium from the PAS tiles: {adata.n_obs} spots ({time.perf_counter() - t0:.1f} s)")

@@ -14,6 +14,7 @@ from kgl.recipes._map import (
     score_map_protocol,
     summarise_map_protocol,
     train_map_model,
+    train_model,
 )
 from kgl.recipes._protocol import HE_CASES, TTA_VARIANTS, evaluate_recipe, rescore_protocol, summarise_protocol
 from kgl.recipes._train import DEFAULT_RECIPE, train_default_model
@@ -33,4 +34,5 @@ __all__ = [
     "summarise_protocol",
     "train_default_model",
     "train_map_model",
+    "train_model",
 ]

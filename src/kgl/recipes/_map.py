@@ -23,6 +23,7 @@ __all__ = [
     "score_map_protocol",
     "summarise_map_protocol",
     "train_map_model",
+    "train_model",
 ]
 
 #: Registry name of kgl's glomerulus map.
@@ -281,3 +282,27 @@ def summarise_map_protocol(rows: pd.DataFrame) -> pd.DataFrame:
         out[c] = [f"{m:.3f} ± {s:.3f}" for m, s in zip(mean[c], sd[c].fillna(0.0), strict=True)]
     out["seeds"] = per_seed.groupby("set").size()
     return out
+
+
+#: :func:`train_default_model` settings that the map's recipe does not have (patch sampling, DataLoader workers).
+_PATCH_ONLY = ("num_workers", "max_patches_per_split", "external")
+
+
+def train_model(name: str | None = None, out_dir: str | os.PathLike | None = None, **kwargs: Any) -> Path:
+    """Train a registered model by its own recipe: :func:`train_map_model` for a map, else :func:`train_default_model`.
+
+    ``kgl train --name NAME`` and ``kgl demo`` call this. The patch-only settings (``num_workers``,
+    ``max_patches_per_split``, ``external``) are refused for a map unless left at their defaults.
+    """
+    from kgl.models import DEFAULT_MODEL
+    from kgl.recipes._train import train_default_model
+
+    name = name or DEFAULT_MODEL
+    entry = REGISTRY.get(name)  # "DEFAULT" resolves to the default model's entry
+    if entry is None or entry.recipe.get("task", "classify") != "segment":
+        return train_default_model(out_dir, name=name, **kwargs)
+    defaults = {"num_workers": 0, "max_patches_per_split": None, "external": True}
+    given = [k for k in _PATCH_ONLY if k in kwargs and kwargs[k] != defaults[k]]
+    if given:
+        raise TypeError(f"{name!r} is a map model; {given} are settings of the patch recipe (kgl-glom-v2) only.")
+    return train_map_model(out_dir, name=name, **{k: v for k, v in kwargs.items() if k not in _PATCH_ONLY})
