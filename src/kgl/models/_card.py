@@ -104,7 +104,11 @@ def _model_section(c: Mapping[str, Any]) -> list[str]:
     rows: list[tuple[str, Any]] = []
     if "name" in c:
         rows.append(("name", c["name"]))
-    if "backbone" in c:
+    if c.get("task") == "segment":
+        rows.append(("architecture", f"segmentation-models-pytorch `{c.get('arch')}` (a dense map)"))
+        if "backbone" in c:
+            rows.append(("encoder", f"torchvision `{c['backbone']}`"))
+    elif "backbone" in c:
         rows.append(("backbone", f"torchvision `{c['backbone']}`"))
     if "weights" in c:
         rows.append(("pretrained weights", c["weights"] or "none (random initialisation)"))
@@ -148,11 +152,18 @@ def _model_section(c: Mapping[str, Any]) -> list[str]:
 
 def _intended_use(c: Mapping[str, Any]) -> list[str]:
     patch = f"{float(c['patch_um']):g}-µm" if "patch_um" in c else "square"
+    how = f"from a {patch} image patch centred on the spot"
+    if c.get("task") == "segment" and "patch_um" in c and "input_size" in c:
+        mpp = float(c["patch_um"]) / float(c["input_size"])
+        how = (
+            f"from a dense glomerulus map at {mpp:g} µm/px (the spot's fraction is the map's mean over its 55-µm "
+            "disk), which also gives glomerulus polygons (`kgl.tl.glomeruli`)"
+        )
     return [
         "## Intended use",
         "",
         f"Research use: call each 10x Visium spot of an H&E- or PAS-stained kidney section *glomerulus* or "
-        f"*other* from a {patch} image patch centred on the spot, to annotate spots for spatial "
+        f"*other* {how}, to annotate spots for spatial "
         "transcriptomics analyses (with scanpy / squidpy). The probability, the call and the CNN embedding are "
         "written to the AnnData.",
         "",
@@ -355,7 +366,12 @@ def model_card(config: Mapping[str, Any]) -> str:
 
     out = [f"# Model card: {name}", ""]
     summary = "Glomerulus / other classifier of Visium spots from the tissue image"
-    if "backbone" in c:
+    if c.get("task") == "segment":
+        summary = (
+            f"Dense glomerulus map of the tissue image (segmentation-models-pytorch `{c.get('arch')}` on a torchvision "
+            f"`{c.get('backbone')}` encoder): per-spot glomerulus fractions and calls, and glomerulus polygons"
+        )
+    elif "backbone" in c:
         summary += f": a torchvision `{c['backbone']}` backbone with a linear head"
     out += [summary + ", for `kgl.tl.classify_spots`.", ""]
     out += _model_section(c)
