@@ -20,7 +20,14 @@ import pandas as pd
 if TYPE_CHECKING:  # pragma: no cover
     from spatialdata import SpatialData
 
-__all__ = ["accepts_spatialdata", "is_spatialdata", "map_on_spatialdata", "run_on_spatialdata", "spatialdata_view"]
+__all__ = [
+    "accepts_spatialdata",
+    "is_spatialdata",
+    "map_on_spatialdata",
+    "objects_on_spatialdata",
+    "run_on_spatialdata",
+    "spatialdata_view",
+]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -195,6 +202,43 @@ def map_on_spatialdata(func: Callable, sdata: SpatialData, *, table_name: str | 
     return sdata if copy else None
 
 
+def objects_on_spatialdata(func: Callable, sdata: SpatialData, *, table_name: str | None, **kwargs: Any) -> Any:
+    """Run an object function (polygons from a stored map) on a SpatialData; its polygons also become shapes elements.
+
+    Maps stored by :func:`map_on_spatialdata` (image elements ``f"{region}_{key}"``) are handed to
+    the AnnData function as it stores them itself; the returned GeoDataFrame (tissue-image pixel
+    frame) is returned, and each region's polygons are written as the shapes element
+    ``f"{region}_{key}_glomeruli"`` with the tissue image's transformations (scalar columns only).
+    """
+    from spatialdata.models import ShapesModel
+    from spatialdata.transformations import get_transformation, get_transformation_between_coordinate_systems
+
+    key = kwargs.get("key", "glomerulus")
+    view, _ = spatialdata_view(
+        sdata, table_name=table_name, img_key=kwargs.get("img_key"), library_key=kwargs.get("library_key", "library_id")
+    )
+    for region, meta in view.uns["spatial"].items():
+        name = f"{region}_{key}"
+        if name in sdata.images:
+            tissue = sdata.images[meta["metadata"]["spatialdata_image"]]
+            t = get_transformation_between_coordinate_systems(sdata, sdata.images[name], tissue)
+            d = float(t.to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y"))[0, 0])
+            meta["images"][key] = np.asarray(sdata.images[name].data[0])
+            meta["scalefactors"][f"tissue_{key}_scalef"] = 1.0 / d
+    gdf = func(view, table_name=None, **kwargs)
+    if not isinstance(gdf, pd.DataFrame) or "library_id" not in gdf:
+        return gdf
+    for region, meta in view.uns["spatial"].items():
+        part = gdf[gdf["library_id"] == region]
+        tissue = sdata.images[meta["metadata"]["spatialdata_image"]]
+        cols = [c for c in part.columns if c not in ("spots", "spot_fractions")]
+        shapes = part[cols].reset_index(drop=True)
+        sdata.shapes[f"{region}_{key}_glomeruli"] = ShapesModel.parse(
+            shapes, transformations=dict(get_transformation(tissue, get_all=True))
+        )
+    return gdf
+
+
 def plotting_view(
     sdata: SpatialData, *, table_name: str | None = None, max_px: int = 2000, library_key: str = "library_id"
 ) -> Any:
@@ -225,7 +269,7 @@ def plotting_view(
     return view
 
 
-def accepts_spatialdata(kind: Literal["annotate", "map", "table", "plot"]) -> Callable[[_F], _F]:
+def accepts_spatialdata(kind: Literal["annotate", "map", "objects", "table", "plot"]) -> Callable[[_F], _F]:
     """Let an AnnData function (``adata`` first, ``table_name=`` keyword) take a SpatialData too.
 
     The call is bound to the function's real signature (:func:`inspect.Signature.bind`, defaults
@@ -236,14 +280,16 @@ def accepts_spatialdata(kind: Literal["annotate", "map", "table", "plot"]) -> Ca
       outputs are copied back into the table (:func:`run_on_spatialdata`; ``copy=`` honoured);
     - ``"map"``: as ``"annotate"``, and the dense maps the function stored become image elements
       (:func:`map_on_spatialdata`);
+    - ``"objects"``: a view of the spots with the stored maps, and the returned polygons become
+      shapes elements too (:func:`objects_on_spatialdata`);
     - ``"table"``: the table itself (:func:`_table`);
     - ``"plot"``: an in-memory plotting view (:func:`plotting_view`).
 
     The AnnData path is ``wrapper.__wrapped__``, looked up at call time; it receives
     ``table_name=None``.
     """
-    if kind not in ("annotate", "map", "table", "plot"):
-        raise ValueError(f"kind must be 'annotate', 'map', 'table' or 'plot', got {kind!r}.")
+    if kind not in ("annotate", "map", "objects", "table", "plot"):
+        raise ValueError(f"kind must be 'annotate', 'map', 'objects', 'table' or 'plot', got {kind!r}.")
 
     def decorate(func: _F) -> _F:
         sig = inspect.signature(func)
@@ -273,6 +319,8 @@ def accepts_spatialdata(kind: Literal["annotate", "map", "table", "plot"]) -> Ca
                 return run(impl, data, table_name=table_name, copy=copy, **kw)
             if kind == "table":
                 return impl(_table(data, table_name)[1], table_name=None, **kw)
+            if kind == "objects":
+                return objects_on_spatialdata(impl, data, table_name=table_name, **kw)
             library_key = kw.get("library_key", "library_id")
             view = plotting_view(data, table_name=table_name, library_key=library_key)
             return impl(view, table_name=None, **kw)

@@ -288,3 +288,22 @@ def test_spatialdata_fractions_and_map_element():
     centre_tissue = tissue_cs @ np.array([cx / MPP * scale, cy / MPP * scale, 1.0])
     assert np.abs(centre_map[:2] - centre_tissue[:2]).max() < 3.0  # within a map pixel (4 px of the tissue image)
     assert "glomerulus_map" in table.uns
+
+
+def test_spatialdata_glomeruli_shapes_element():
+    from spatialdata.transformations import get_transformation
+    from spatialdata_io.experimental import from_legacy_anndata
+
+    adata = _painted()
+    sdata = from_legacy_anndata(adata.copy())
+    kgl.tl.glomerulus_map(sdata, red_fraction_segmenter(), show_progress=False, precision="fp32")
+    gdf = kgl.tl.glomeruli(sdata)
+    kgl.tl.glomerulus_map(adata, red_fraction_segmenter(), show_progress=False, precision="fp32")
+    ref = kgl.tl.glomeruli(adata)
+    assert len(gdf) == len(ref) == 1
+    assert gdf.geometry.iloc[0].equals_exact(ref.geometry.iloc[0], 1e-6)  # the same map, read from the element
+    (name,) = [n for n in sdata.shapes if n.endswith("_glomerulus_glomeruli")]
+    shapes = sdata.shapes[name]
+    assert shapes["area_um2"].iloc[0] == pytest.approx(gdf["area_um2"].iloc[0])
+    (tissue,) = [n for n in sdata.images if not n.endswith("_glomerulus")]
+    assert set(get_transformation(shapes, get_all=True)) == set(get_transformation(sdata.images[tissue], get_all=True))

@@ -10,10 +10,12 @@ import pandas as pd
 
 from kgl._docs import d
 from kgl._geometry import SPOT_DIAMETER_UM, spot_coverage
+from kgl._spatialdata import accepts_spatialdata
 from kgl._types import Precision
 
 if TYPE_CHECKING:  # pragma: no cover
     from anndata import AnnData
+    from spatialdata import SpatialData
 
 __all__ = ["glomeruli", "glomerulus_expression", "map_polygons"]
 
@@ -59,9 +61,10 @@ def map_polygons(
     return polys, np.asarray(means, dtype=np.float64)
 
 
+@accepts_spatialdata("objects")
 @d.dedent
 def glomeruli(
-    adata: AnnData,
+    adata: AnnData | SpatialData,
     model: Any = None,
     *,
     library_id: str | Sequence[str] | None = None,
@@ -73,6 +76,7 @@ def glomeruli(
     img_key: str | None = None,
     spatial_key: str = "spatial",
     library_key: str = "library_id",
+    table_name: str | None = None,
     show_progress: bool = False,
 ) -> Any:
     """One polygon per glomerulus from the glomerulus map, with its size and the spots it overlaps.
@@ -83,7 +87,9 @@ def glomeruli(
     Parameters
     ----------
     adata
-        AnnData in the squidpy Visium layout.
+        AnnData in the squidpy Visium layout, or a SpatialData (the map stored by
+        :func:`kgl.tl.glomerulus_map` as an image element is used; the polygons are also written as
+        the shapes element ``f"{region}_{key}_glomeruli"``, in the tissue image's coordinate systems).
     model
         Map model used when no stored map exists (see :func:`kgl.tl.glomerulus_map`).
     %(library_ids)s
@@ -98,6 +104,7 @@ def glomeruli(
     %(img_key)s
     %(spatial_key)s
     %(library_key)s
+    %(table_name)s
     show_progress
         Show a progress bar when the map is computed.
 
@@ -115,6 +122,8 @@ def glomeruli(
 
     from kgl.im import spot_sets
 
+    if table_name is not None:
+        raise ValueError("table_name is only for a SpatialData object; adata is an AnnData.")
     if not 0.0 < threshold < 1.0:
         raise ValueError(f"threshold must be in (0, 1), got {threshold!r}.")
     sets = spot_sets(adata, library_id=library_id, img_key=img_key, spatial_key=spatial_key, library_key=library_key)
