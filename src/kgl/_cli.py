@@ -380,6 +380,38 @@ def _cmd_evaluate_recipe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_fraction_error(adata: Any, key: str) -> None:
+    """A map model's fraction error against the true coverage, on the spots that touch a glomerulus."""
+    if f"{key}_fraction" not in adata.obs or "glomerulus_coverage" not in adata.obs:
+        return
+    cov = adata.obs["glomerulus_coverage"].to_numpy(dtype=float)
+    frac = adata.obs[f"{key}_fraction"].to_numpy(dtype=float)
+    touch = cov > 0
+    print(
+        f"glomerulus fraction of each 55-µm spot (the map's mean over the disk): mean absolute error "
+        f"{abs(frac[touch] - cov[touch]).mean():.3f} on the {int(touch.sum())} spots that touch a glomerulus"
+    )
+
+
+def _map_report(adata: Any, args: argparse.Namespace, out: Path) -> None:
+    """The map and glomerulus polygons of a sample: counts, QuPath GeoJSON and a plot."""
+    import kgl
+
+    kgl.tl.glomerulus_map(adata, args.model, key_added=args.key_added, device=args.device, show_progress=False)
+    gloms = kgl.tl.glomeruli(adata, key=args.key_added)
+    truth = len(adata.uns["pseudo_visium"]["glomeruli_wkt"]) if "pseudo_visium" in adata.uns else None
+    print(
+        f"glomeruli outlined by the map: {len(gloms)}"
+        + (f" (annotated: {truth})" if truth is not None else "")
+        + (f", median diameter {gloms['diameter_um'].median():.0f} µm" if len(gloms) else "")
+    )
+    geojson = kgl.io.write_geojson(gloms, out / "he_glomeruli.geojson")
+    png = out / "he_map.png"
+    kgl.pl.spatial_glom(adata, key=args.key_added, color=[args.key_added, f"{args.key_added}_fraction"],
+                        show_map=True, glomeruli=gloms, save=png)  # fmt: skip
+    print(f"map plot: {png}; polygons for QuPath: {geojson}")
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     import matplotlib
 
@@ -410,6 +442,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     )
     print("spot-level vs ground truth (another site and stain than the training data):")
     _print_metrics({"pas_tiles_visium": m})
+    _print_fraction_error(adata, args.key_added)
     if not adata.uns[args.key_added]["params"]["head_trained"]:
         print(
             "note: the model's glomerulus head is untrained (ImageNet backbone only): these calls are not meaningful."
@@ -424,6 +457,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         trained_on = (he.uns[args.key_added]["params"].get("training_he_cases")) or []
         print(f"H&E pseudo-Visium ({he.n_obs} spots of {he.obs['source_image'].nunique()} screenshots, 2 cases):")
         _print_metrics({"he_biopsy_visium": mh})
+        _print_fraction_error(he, args.key_added)
+        if f"{args.key_added}_fraction" in he.obs:  # a map model: the map and the glomeruli it outlines
+            _map_report(he, args, out)
         if trained_on:
             print(
                 f"note: this model was trained on H&E cases {trained_on}: these numbers are not a held-out test; "

@@ -9,6 +9,7 @@ from kgl.models._card import model_card, write_model_card
 from kgl.models._config import TASKS, Calibration, ModelConfig, Preprocessing
 from kgl.models._registry import (
     DEFAULT_MODEL,
+    PATCH_MODEL,
     REGISTRY,
     ModelEntry,
     ModelRegistry,
@@ -63,6 +64,7 @@ __all__ = [
     "DEFAULT_MODEL",
     "DEFAULT_WEIGHTS",
     "MAP_ARCHS",
+    "PATCH_MODEL",
     "REGISTRY",
     "TASKS",
     "Calibration",

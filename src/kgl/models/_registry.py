@@ -11,11 +11,24 @@ from typing import Any
 from kgl._settings import settings
 from kgl.models._config import Preprocessing
 
-__all__ = ["DEFAULT_MODEL", "REGISTRY", "ModelEntry", "ModelRegistry", "available_models", "fetch_model", "model_dir"]
+__all__ = [
+    "DEFAULT_MODEL",
+    "PATCH_MODEL",
+    "REGISTRY",
+    "ModelEntry",
+    "ModelRegistry",
+    "available_models",
+    "fetch_model",
+    "model_dir",
+]
 
 #: Registry name of the model :func:`kgl.tl.classify_spots` uses when no ``model`` is given
-#: (``REGISTRY["DEFAULT"]``, ``REGISTRY.DEFAULT``).
-DEFAULT_MODEL = "kgl-glom-v2"
+#: (``REGISTRY["DEFAULT"]``, ``REGISTRY.DEFAULT``): the dense glomerulus map, which beat the patch
+#: classifier on held-out H&E and the PAS tiles beyond the seed spread (docs/training.md).
+DEFAULT_MODEL = "kgl-glom-map-v1"
+#: The best patch classifier: the recipe :func:`kgl.recipes.train_default_model` and
+#: :func:`kgl.recipes.evaluate_recipe` start from (:data:`kgl.recipes.DEFAULT_RECIPE`).
+PATCH_MODEL = "kgl-glom-v2"
 
 
 @dataclass(frozen=True)

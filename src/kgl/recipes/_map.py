@@ -110,7 +110,11 @@ def train_map_model(
     from kgl.models import model_dir, save_checkpoint, write_model_card
     from kgl.pl import training_curves
 
-    base = dict(REGISTRY[name].recipe if name in REGISTRY else REGISTRY[MAP_MODEL].recipe)
+    entry = REGISTRY.get(name)  # "DEFAULT" is the map's entry, trained under its real name
+    if entry is not None and entry.recipe.get("task") != "segment":
+        raise ValueError(f"{name!r} is a patch classifier: train it with kgl.recipes.train_default_model.")
+    name = entry.name if entry is not None else name
+    base = dict(entry.recipe if entry is not None else REGISTRY[MAP_MODEL].recipe)
     unknown = set(overrides) - set(base)
     if unknown:
         raise TypeError(f"Unknown recipe entries {sorted(unknown)}; the map recipe has {sorted(base)}.")
@@ -142,6 +146,10 @@ def train_map_model(
         kgl.tl.classify_spots(pas, model, device=device, precision=precision, show_progress=False)
         metrics["pas_tiles_visium (other site, spots)"] = kgl.tl.evaluate_spots(pas)
     model.config["metrics"] = metrics
+    if entry is not None and entry.protocol and recipe == dict(entry.recipe) and he_cases is None:
+        from kgl.recipes._train import _jsonable
+
+        model.config["protocol"] = _jsonable(entry.protocol)  # the recipe's held-out evaluation, for the card
     model.config["training"]["total_seconds"] = time.perf_counter() - t0
     model.config["limitations"] = [
         "H&E in training: 2 biopsy cases only (9 screenshots); its H&E accuracy comes from the leave-one-case-out "

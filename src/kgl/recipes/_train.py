@@ -13,20 +13,21 @@ import pandas as pd
 
 from kgl._logging import logger
 from kgl._types import Precision
-from kgl.models import DEFAULT_MODEL, REGISTRY
+from kgl.models import PATCH_MODEL, REGISTRY
 from kgl.tl import evaluate_patches
 
 __all__ = ["DEFAULT_RECIPE", "train_default_model"]
 
-#: The recipe of kgl's default model (:data:`kgl.models.DEFAULT_MODEL`, ``kgl-glom-v2``; each registry
-#: entry carries its own, :attr:`kgl.models.ModelEntry.recipe`): MobileNet_V2 ImageNet weights (the ones
+#: The recipe of kgl's patch classifier (:data:`kgl.models.PATCH_MODEL`, ``kgl-glom-v2``; the default model is
+#: now the dense map, :func:`kgl.recipes.train_map_model`; each registry entry carries its own recipe,
+#: :attr:`kgl.models.ModelEntry.recipe`): MobileNet_V2 ImageNet weights (the ones
 #: available offline; ``backbone="resnet50", weights="IMAGENET1K_V2"`` is the recipe for GPUs/online),
 #: 110-µm patches at 112 px, stain + colour augmentation, class-balanced sampling, 1 head-only epoch
 #: then 3 fine-tuning epochs, the epoch with the lowest validation loss kept, and the H&E biopsy
 #: patches (:func:`kgl.datasets.he_biopsy_slides`) repeated ``he_repeat`` = 3 times in the training
 #: split. Chosen with :func:`kgl.recipes.evaluate_recipe` (leave one H&E case out, PAS tiles of another
 #: site, held-out biopsies; 3 seeds): see docs/training.md.
-DEFAULT_RECIPE: dict[str, Any] = dict(REGISTRY[DEFAULT_MODEL].recipe)
+DEFAULT_RECIPE: dict[str, Any] = dict(REGISTRY[PATCH_MODEL].recipe)
 
 
 def _evaluation_plots(out: Path, curves: dict[str, tuple[np.ndarray, np.ndarray]], test_metrics: dict) -> None:
@@ -105,7 +106,7 @@ def _subsample(patches: pd.DataFrame, max_per_split: int, seed: int) -> pd.DataF
 def train_default_model(
     out_dir: str | os.PathLike | None = None,
     *,
-    name: str = DEFAULT_MODEL,
+    name: str = PATCH_MODEL,
     install: bool = True,
     seed: int = 0,
     device: Any = "auto",
@@ -116,7 +117,10 @@ def train_default_model(
     show_progress: bool = True,
     **overrides: Any,
 ) -> Path:
-    """Train, evaluate and install one of kgl's glomerulus models with its registered recipe.
+    """Train, evaluate and install one of kgl's patch classifiers with its registered recipe.
+
+    (The map, kgl's default model, has its own: :func:`kgl.recipes.train_map_model`; ``kgl train`` picks
+    the right one, :func:`kgl.recipes.train_model`.)
 
     1. Slides: :func:`kgl.datasets.multistain_slides` (Masson / PASM / PAS biopsy snapshots, µm/px
        estimated per image from glomerulus size).
@@ -162,6 +166,8 @@ def train_default_model(
     if unknown:
         raise TypeError(f"Unknown recipe entries {sorted(unknown)}; the recipe has {sorted(DEFAULT_RECIPE)}.")
     entry = REGISTRY.get(name)  # None: a name of the user's own, trained with the default recipe
+    if entry is not None and entry.recipe.get("task") == "segment":
+        raise ValueError(f"{name!r} is a map model: train it with kgl.recipes.train_map_model (or train_model).")
     if entry is not None:
         name = entry.name  # "DEFAULT" trains (and installs as) the default model's real name
     base = entry.recipe if entry is not None else DEFAULT_RECIPE
