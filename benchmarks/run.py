@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kgl.models import DEFAULT_MODEL
+from kgl.models import PATCH_MODEL
 
 BENCH_DIR = Path(tempfile.gettempdir()) / "kgl-bench"
 
@@ -235,7 +235,11 @@ def _rss_child(h5ad: str, model: str) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="~1,000 spots, < 2 minutes")
-    p.add_argument("--model", default=DEFAULT_MODEL, help="model to time (default: kgl's default trained model)")
+    p.add_argument(
+        "--model",
+        default=PATCH_MODEL,
+        help="patch classifier to time (default: kgl-glom-v2; the map: benchmarks/map.py)",
+    )
     p.add_argument("--naive-spots", type=int, default=64, help="spots timed for the naive baseline")
     p.add_argument("--_rss-child", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args()
