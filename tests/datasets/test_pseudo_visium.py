@@ -379,8 +379,6 @@ def test_an_empty_qupath_export_is_an_all_negative_image(tmp_path):
 
     path = tmp_path / "none.geojson"
     path.write_text(json.dumps({"type": "FeatureCollection", "features": []}))
-    adata = kgl.datasets.pseudo_visium(
-        [np.full((400, 500, 3), 200, np.uint8)], [path], mpp=0.5, fullres_path=tmp_path / "e.tif"
-    )
+    adata = pseudo_visium([np.full((400, 500, 3), 200, np.uint8)], [path], mpp=0.5, fullres_path=tmp_path / "e.tif")
     assert adata.n_obs > 0 and (adata.obs["glomerulus_coverage"] == 0).all()
     assert len(adata.uns["pseudo_visium"]["glomeruli_wkt"]) == 0
