@@ -103,6 +103,19 @@ def _subsample(patches: pd.DataFrame, max_per_split: int, seed: int) -> pd.DataF
     return patches.iloc[np.sort(np.concatenate(keep))]
 
 
+def _patch_recipe(name: str) -> tuple[Any, str, Any]:
+    """``(registry entry or None, real name, recipe)`` of a patch classifier's name; a map's name is refused.
+
+    A name not in the registry is the user's own, trained with :data:`DEFAULT_RECIPE`.
+    """
+    entry = REGISTRY.get(name)
+    if entry is None:
+        return None, name, DEFAULT_RECIPE
+    if entry.recipe.get("task") == "segment":
+        raise ValueError(f"{name!r} is a map model: train it with kgl.recipes.train_map_model (or train_model).")
+    return entry, entry.name, entry.recipe  # "DEFAULT" would train (and install as) the real name
+
+
 def train_default_model(
     out_dir: str | os.PathLike | None = None,
     *,
@@ -165,12 +178,7 @@ def train_default_model(
     unknown = set(overrides) - set(DEFAULT_RECIPE)
     if unknown:
         raise TypeError(f"Unknown recipe entries {sorted(unknown)}; the recipe has {sorted(DEFAULT_RECIPE)}.")
-    entry = REGISTRY.get(name)  # None: a name of the user's own, trained with the default recipe
-    if entry is not None and entry.recipe.get("task") == "segment":
-        raise ValueError(f"{name!r} is a map model: train it with kgl.recipes.train_map_model (or train_model).")
-    if entry is not None:
-        name = entry.name  # "DEFAULT" trains (and installs as) the default model's real name
-    base = entry.recipe if entry is not None else DEFAULT_RECIPE
+    entry, name, base = _patch_recipe(name)
     recipe = {**base, **overrides}
     out = Path(out_dir) if out_dir is not None else Path(settings.cachedir) / "training" / name
     t0 = time.perf_counter()
