@@ -37,6 +37,22 @@ def test_cli_classify_h5ad(tmp_path, capsys):
     assert (tmp_path / "p.png").stat().st_size > 1000
 
 
+def test_cli_classify_with_a_map_model(tmp_path, capsys):
+    adata = make_visium()
+    inp = tmp_path / "in.h5ad"
+    adata.write_h5ad(inp)
+    from kgl.models import build_segmenter, save_checkpoint
+
+    model = build_segmenter("Unet", "resnet18", weights=None, mpp=2.0, input_size=64, head_trained=True)
+    ckpt = save_checkpoint(model, tmp_path / "map.pt")
+    out = tmp_path / "out.h5ad"
+    assert main(["classify", str(inp), "--out", str(out), "--model", str(ckpt), "--quiet"]) == 0
+    res = ad.read_h5ad(out)
+    assert res.obs["glomerulus_fraction"].between(0, 1).all() and res.obsm["X_glomerulus"].shape == (adata.n_obs, 512)
+    assert res.uns["glomerulus"]["params"]["task"] == "segment"
+    assert "spots classified: 33" in capsys.readouterr().out
+
+
 def test_cli_errors_are_one_line(tmp_path, capsys):
     adata = make_visium()
     inp = tmp_path / "in.h5ad"
