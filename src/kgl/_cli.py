@@ -233,8 +233,12 @@ def _summary(adata: AnnData, key: str, seconds: float) -> str:
     lines = [
         f"spots classified: {n} in {seconds:.1f} s ({n / seconds:.1f} spots/s, device {p['device']}, {p['precision']})",
         f"calls: {', '.join(f'{k}={v}' for k, v in calls.items())}",
-        f"model: {p['model']} (weights {p['weights']}, head trained: {p['head_trained']}), patch {p['patch_um']:g} µm "
-        f"-> {p['input_size']} px",
+        f"model: {p['model']} (weights {p['weights']}, head trained: {p['head_trained']}), "
+        + (
+            f"a glomerulus map ({p['arch']}) at {p['map_mpp']:g} µm/px; obs[{key + '_fraction'!r}]: each spot's share"
+            if p.get("task") == "segment"
+            else f"patch {p['patch_um']:g} µm -> {p['input_size']} px"
+        ),
     ]
     return "\n".join(lines)
 
