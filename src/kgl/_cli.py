@@ -412,7 +412,7 @@ def _map_report(adata: Any, args: argparse.Namespace, out: Path) -> None:
     geojson = kgl.io.write_geojson(gloms, out / "he_glomeruli.geojson")
     png = out / "he_map.png"
     kgl.pl.spatial_glom(adata, key=args.key_added, color=[args.key_added, f"{args.key_added}_fraction"],
-                        show_map=True, glomeruli=gloms, save=png)  # fmt: skip
+                        show_map=True, glomeruli=gloms, size=0.8, wspace=0.35, save=png)  # fmt: skip
     print(f"map plot: {png}; polygons for QuPath: {geojson}")
 
 
@@ -467,7 +467,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         if trained_on:
             print(
                 f"note: this model was trained on H&E cases {trained_on}: these numbers are not a held-out test; "
-                "see the leave-one-case-out protocol (kgl evaluate-recipe, docs/training.md)."
+                "see the recipe's leave-one-case-out protocol below (docs/training.md)."
             )
             _print_protocol(kgl.models.resolve_model(args.model).config.get("protocol") or {})
     png = out / "spatial_glom.png"
