@@ -288,7 +288,7 @@ def _print_protocol(proto: dict[str, Any]) -> None:
     if not results:
         return
     seeds = proto.get("seeds") or []
-    print(f"held out, the recipe over {len(seeds)} seeds (kgl evaluate-recipe; {proto.get('machine', '')}):")
+    print(f"held out, the recipe over {len(seeds)} seeds (docs/training.md; {proto.get('machine', '')}):")
     width = max(len(k) for k in results) + 2
     print(f"{'':{width}}" + "".join(f"{k:>18}" for k in ("roc_auc", "f1", "ece")))
     for name, r in results.items():
