@@ -45,7 +45,7 @@ def main() -> None:
         for seed in a.seeds:
             for held in r.HE_CASES:
                 out = root / f"seed{seed}-{held}"
-                if (out / "best.pt").is_file():
+                if (out / "MODEL_CARD.md").is_file():  # written last: the fold is complete
                     continue
                 other = [c for c in r.HE_CASES if c != held]
                 r.train_map_model(out, install=False, seed=seed, he_cases=other, show_progress=False, **overrides)

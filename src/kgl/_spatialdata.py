@@ -230,6 +230,8 @@ def objects_on_spatialdata(func: Callable, sdata: SpatialData, *, table_name: st
         return gdf
     for region, meta in view.uns["spatial"].items():
         part = gdf[gdf["library_id"] == region]
+        if part.empty:  # no glomerulus there (or a library not asked for): no shapes element
+            continue
         tissue = sdata.images[meta["metadata"]["spatialdata_image"]]
         cols = [c for c in part.columns if c not in ("spots", "spot_fractions")]
         shapes = part[cols].reset_index(drop=True)

@@ -307,3 +307,17 @@ def test_spatialdata_glomeruli_shapes_element():
     assert shapes["area_um2"].iloc[0] == pytest.approx(gdf["area_um2"].iloc[0])
     (tissue,) = [n for n in sdata.images if not n.endswith("_glomerulus")]
     assert set(get_transformation(shapes, get_all=True)) == set(get_transformation(sdata.images[tissue], get_all=True))
+
+
+def test_no_glomeruli_no_shapes_element_and_keys_that_are_not_maps_are_refused():
+    from spatialdata_io.experimental import from_legacy_anndata
+
+    adata = make_visium(width=1200, height=1000, mpp=MPP)  # nothing painted: no glomerulus
+    sdata = from_legacy_anndata(adata.copy())
+    model = red_fraction_segmenter().train()
+    kgl.tl.glomerulus_map(sdata, model, show_progress=False, precision="fp32")
+    assert model.training  # the caller's model keeps its mode (the map runs on a copy)
+    assert len(kgl.tl.glomeruli(sdata)) == 0 and not [n for n in sdata.shapes if n.endswith("_glomeruli")]
+    with pytest.raises(ValueError, match="already holds an image 'hires' that is not a kgl map"):
+        kgl.tl.glomerulus_map(adata, model, key_added="hires", show_progress=False)
+    assert adata.uns["spatial"]["lib"]["images"]["hires"].ndim == 3

@@ -18,8 +18,9 @@ from kgl.models._model import CLASS_NAMES, DEFAULT_WEIGHTS, _pretrained, _resolv
 
 __all__ = ["MAP_ARCHS", "GlomSegmenter", "build_segmenter"]
 
-#: segmentation-models-pytorch architectures kgl builds (``smp.create_model(arch, ...)``).
-MAP_ARCHS = ("Unet", "FPN", "UnetPlusPlus", "DeepLabV3Plus", "Linknet")
+#: segmentation-models-pytorch architectures kgl builds (``smp.create_model(arch, ...)``): those whose
+#: encoder keeps stride 32, which the map's tiles and pooled features assume (DeepLabV3+ dilates to 16).
+MAP_ARCHS = ("Unet", "FPN", "UnetPlusPlus", "Linknet")
 #: Encoders whose smp class subclasses the torchvision network, so torchvision's weights load as they are.
 _TORCHVISION_ENCODERS = ("mobilenet_v2", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 

@@ -532,6 +532,9 @@ def _write(adata: Any, res: _Result, spec: Any, params: dict[str, Any], *, key_a
     save_data(adata, attr="obs", key=f"{key_added}_in_image", data=res.inside)
     for suffix, values in res.extra.items():  # a map model's obs[f"{key_added}_fraction"]
         save_data(adata, attr="obs", key=f"{key_added}_{suffix}", data=values)
+    if "fraction" not in res.extra and f"{key_added}_fraction" in adata.obs:  # an earlier map run's: now stale
+        logger.info("obs[%r] of an earlier map run is dropped: these calls come from patches.", f"{key_added}_fraction")
+        del adata.obs[f"{key_added}_fraction"]
     save_data(adata, attr="obsm", key=f"X_{key_added}", data=res.emb)
     adata.uns[key_added] = {"params": params}
     adata.uns[f"{key_added}_colors"] = [_COLORS.get(c, "#1f77b4") for c in (negative, positive)]

@@ -66,6 +66,8 @@ def predict_map(
     ``device``/``amp`` as :func:`kgl.tl._device.resolve_device` / ``autocast_dtype`` give them. Tiles
     are read one batch ahead in a thread (:func:`kgl.tl._classify._prefetch`).
     """
+    import copy
+
     import torch
     from tqdm.auto import tqdm
 
@@ -80,7 +82,8 @@ def predict_map(
     fwin = win[16::32, 16::32]
     facc: np.ndarray | None = None
     fsum = np.zeros(((rows + 31) // 32, (cols + 31) // 32), dtype=np.float32)
-    mean, std = normaliser(model.spec.preprocessing, device)
+    prep = model.spec.preprocessing
+    mean, std = normaliser(prep, device)
     batches = [range(s, min(s + batch_size, len(tiles))) for s in range(0, len(tiles), batch_size)]
 
     def read(b: range) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -88,10 +91,10 @@ def predict_map(
         return np.array([t[0] for t in items]), np.array([t[1] for t in items]), np.stack([t[2] for t in items])
 
     reads = (read(b) for b in batches)
-    model = model.eval().to(device)
+    model = copy.deepcopy(model).eval().to(device)  # the caller's model keeps its device and mode
     with torch.inference_mode(), torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
         for rr, cc, x in tqdm(_prefetch(reads), total=len(batches), desc=desc, unit="batch", disable=not show_progress):
-            x = normalise_uint8(torch.as_tensor(x).to(device), mean, std)
+            x = normalise_uint8(torch.as_tensor(x).to(device), mean, std, greyscale=prep.greyscale)
             if features:
                 logits, f = model.forward_with_features(x)
                 f = f.float().cpu().numpy()
@@ -332,6 +335,7 @@ def glomerulus_map(
     net = resolve_map_model(model)
     spec = net.spec
     dev = resolve_device(device)
+    _check_map_key(adata, key_added, spatial_key)
     amp = autocast_dtype(dev, precision)
     sets = spot_sets(adata, library_id=library_id, img_key=img_key, spatial_key=spatial_key, library_key=library_key)
     check_resolution(sets, patch_um=spec.preprocessing.patch_um, size=spec.preprocessing.input_size,
@@ -370,6 +374,18 @@ def glomerulus_map(
         }
     }
     return adata if copy else None
+
+
+def _check_map_key(adata: Any, key_added: str, spatial_key: str) -> None:
+    """Refuse a ``key_added`` that names an image kgl did not write (the tissue image itself, say)."""
+    if f"{key_added}_map" in adata.uns:  # an earlier map under this key: overwritten
+        return
+    for lib, meta in (adata.uns.get(spatial_key) or {}).items():
+        if key_added in (meta.get("images") or {}):
+            raise ValueError(
+                f"uns[{spatial_key!r}][{lib!r}]['images'] already holds an image {key_added!r} that is not a kgl map "
+                f"(no uns[{key_added + '_map'!r}]); pass another key_added."
+            )
 
 
 def _full_frame(pred: MapPrediction) -> np.ndarray:

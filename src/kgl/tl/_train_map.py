@@ -163,7 +163,8 @@ def _build_map_fit(cfg: MapTrainConfig, *, device: Any, amp: Any) -> _Fit:
     from kgl.models import build_segmenter
     from kgl.tl._device import normaliser
 
-    model = build_segmenter(cfg.arch, cfg.backbone, cfg.weights, mpp=cfg.mpp, input_size=cfg.input_size, seed=cfg.seed)
+    model = build_segmenter(cfg.arch, cfg.backbone, cfg.weights, mpp=cfg.mpp, input_size=cfg.input_size, seed=cfg.seed,
+                            greyscale=cfg.augment == "grey")  # inference must see grey tiles too  # fmt: skip
     model = model.to(device, memory_format=torch.channels_last)
     mean, std = normaliser(model.spec.preprocessing, device)
     return _Fit(model, _bce_dice(), None, None, None, device, amp, mean, std)
@@ -200,17 +201,21 @@ def _build_map_data(tr: pd.DataFrame, va: pd.DataFrame, cfg: MapTrainConfig) -> 
     from torch.utils.data import DataLoader
 
     from kgl.im import MapCropDataset, collate_crops, slide_at_mpp
+    from kgl.io import image_size
 
     train_ds = MapCropDataset(tr, mpp=cfg.mpp, size=cfg.input_size, length=cfg.steps_per_epoch * cfg.batch_size,
                               glom_share=cfg.glom_share, augment=cfg.augment, scale_jitter=cfg.scale_jitter,
                               train=True, seed=cfg.seed)  # fmt: skip
+    # workers are not persistent: each epoch's workers get the dataset with that epoch's set_epoch
     loader = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=False, collate_fn=collate_crops,
-                        num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0)  # fmt: skip
+                        num_workers=cfg.num_workers)  # fmt: skip
+
     val_loader, val_slides = [], []
     for _, row in va.drop_duplicates("path").iterrows():
         rgb, mask = slide_at_mpp(row, cfg.mpp)
         h, w = mask.shape
-        f = (w / float(row["width"]), h / float(row["height"])) if "width" in row else (1.0, 1.0)
+        native_w, native_h = image_size(row["path"])  # the file's own size, whatever the table says
+        f = (w / native_w, h / native_h)
         polys = [_scaled(p, f) for p in row["polygons"]]
         val_slides.append((rgb, mask, polys))
         H, W = -(-h // 32) * 32, -(-w // 32) * 32
@@ -276,7 +281,7 @@ def _predict_val(fit: _Fit, val_loader: list[tuple[Any, Any]]) -> list[np.ndarra
     with torch.inference_mode(), torch.autocast(fit.device.type, dtype=fit.amp or torch.float32,
                                                 enabled=fit.amp is not None):  # fmt: skip
         for x, _ in val_loader:
-            x = normalise_uint8(x.to(fit.device), fit.mean, fit.std)
+            x = normalise_uint8(x.to(fit.device), fit.mean, fit.std, greyscale=fit.model.spec.preprocessing.greyscale)
             out.append(fit.model(x).float().cpu().numpy()[0, 0])
     return out
 
