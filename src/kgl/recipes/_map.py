@@ -107,7 +107,6 @@ def train_map_model(
 
     import kgl
     from kgl._settings import settings
-    from kgl.models import model_dir, save_checkpoint, write_model_card
     from kgl.pl import training_curves
 
     entry = REGISTRY.get(name)  # "DEFAULT" is the map's entry, trained under its real name
@@ -157,15 +156,11 @@ def train_map_model(
         "Multistain µm/px is estimated from glomerulus size (200 µm median diameter); scale jitter ±25 %.",
         "Research use only; not a diagnostic device.",
     ]
-    best = save_checkpoint(model, out / "best.pt")
-    write_model_card(model.config, out / "MODEL_CARD.md")
+    from kgl.recipes._train import save_and_install
+
+    path = save_and_install(model, out, name, install=install)
     logger.info("trained %s in %.0f s", name, time.perf_counter() - t0)
-    if not install:
-        return best
-    dest = model_dir() / f"{name}.pt"
-    save_checkpoint(model, dest)
-    write_model_card(model.config, dest.with_suffix(".md"))
-    return dest
+    return path
 
 
 def object_scores(pred: Sequence[Any], truth: Sequence[Any], *, iou: float = 0.5) -> dict[str, float]:

@@ -172,7 +172,6 @@ def train_default_model(
     """
     import kgl
     from kgl._settings import settings
-    from kgl.models import model_dir, save_checkpoint
     from kgl.tl import evaluate, evaluate_spots, train
 
     unknown = set(overrides) - set(DEFAULT_RECIPE)
@@ -293,11 +292,21 @@ def train_default_model(
         "Snapshots are centred on glomeruli: cortex far from glomeruli and medulla are under-represented.",
         "Research use only; not a diagnostic device.",
     ]
-    best = save_checkpoint(model, out / "best.pt")
-    from kgl.models import write_model_card
-
-    write_model_card(model.config, out / "MODEL_CARD.md")
+    path = save_and_install(model, out, name, install=install)
     logger.info("trained %s in %.0f s; card: %s", name, time.perf_counter() - t0, out / "MODEL_CARD.md")
+    return path
+
+
+def save_and_install(model: Any, out: Path, name: str, *, install: bool) -> Path:
+    """``best.pt`` and ``MODEL_CARD.md`` in ``out``; with ``install``, both in the model cache as ``<name>``.
+
+    Returns the installed checkpoint (where ``classify_spots(model=name)`` finds it), else ``out/best.pt``.
+    Every kgl recipe ends here (the patch classifiers' and the map's).
+    """
+    from kgl.models import model_dir, save_checkpoint, write_model_card
+
+    best = save_checkpoint(model, out / "best.pt")
+    write_model_card(model.config, out / "MODEL_CARD.md")
     if not install:
         return best
     dest = model_dir() / f"{name}.pt"

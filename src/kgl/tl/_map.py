@@ -156,15 +156,17 @@ def spot_features(pred: MapPrediction, centers: np.ndarray, window_um: float) ->
     return out
 
 
+def fraction_logits(fraction: np.ndarray) -> np.ndarray:
+    """Two-class logits ``(0, logit(f))`` of map fractions (clipped to ``[_EPS, 1 - _EPS]``): what calibration fits."""
+    f = np.clip(np.asarray(fraction, dtype=np.float64), _EPS, 1 - _EPS)
+    return np.column_stack((np.zeros(len(f)), np.log(f) - np.log1p(-f)))
+
+
 def fraction_proba(fraction: np.ndarray, calibration: Any) -> np.ndarray:
     """Calibrated probability of a spot from its map fraction: ``sigmoid(logit(f) / T + b)`` (fitted on validation)."""
     from kgl.tl._calibration import calibrated_proba
 
-    f = np.clip(np.asarray(fraction, dtype=np.float64), _EPS, 1 - _EPS)
-    margin = np.log(f) - np.log1p(-f)
-    return calibrated_proba(
-        np.column_stack((np.zeros(len(f)), margin)), calibration.temperature, calibration.logit_bias
-    )
+    return calibrated_proba(fraction_logits(fraction), calibration.temperature, calibration.logit_bias)
 
 
 def library_map(

@@ -335,7 +335,7 @@ def _finalise_map(slides: pd.DataFrame, cfg: MapTrainConfig, fit: _Fit, data: _M
 
     from kgl.tl._calibration import fit_calibration
     from kgl.tl._evaluate import choose_threshold, evaluate
-    from kgl.tl._map import _EPS, fraction_proba
+    from kgl.tl._map import fraction_logits, fraction_proba
     from kgl.tl._train import _mpp_range
 
     model = fit.model
@@ -349,8 +349,7 @@ def _finalise_map(slides: pd.DataFrame, cfg: MapTrainConfig, fit: _Fit, data: _M
             f"The validation slides give {int(y.sum())} glomerulus spots (coverage ≥ 0.5) of {len(y)}: the spot "
             "calibration needs both. Put slides with whole glomeruli (and background) in the 'val' split."
         )
-    f = np.clip(frac[keep], _EPS, 1 - _EPS)
-    calibration = fit_calibration(np.column_stack((np.zeros(len(f)), np.log(f) - np.log1p(-f))), y)
+    calibration = fit_calibration(fraction_logits(frac[keep]), y)
     from kgl.models import Calibration
 
     p = fraction_proba(frac[keep], Calibration(calibration["temperature"], calibration["logit_bias"]))
