@@ -36,6 +36,13 @@ def check_int(value: Any, name: str, *, minimum: int = 1, what: str = "") -> int
     return int(value)
 
 
+def check_key(value: Any, name: str = "key_added") -> str:
+    """A non-empty string key (``key_added``, ...); a :class:`ValueError` naming it otherwise."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{name} must be a non-empty string, got {value!r}.")
+    return value
+
+
 def check_patch_args(patch_um: float, size: int) -> None:
     """A patch side in µm (> 0) and an output side in px (an integer >= 8)."""
     if not np.isfinite(patch_um) or patch_um <= 0:

@@ -13,7 +13,7 @@ from kgl._docs import d
 from kgl._logging import logger
 from kgl._spatialdata import accepts_spatialdata
 from kgl._types import Precision, StainNorm, ThresholdRule, options
-from kgl._validators import check_int, check_patch_args, save_data
+from kgl._validators import check_int, check_key, check_patch_args, save_data
 
 if TYPE_CHECKING:  # pragma: no cover
     from anndata import AnnData
@@ -271,8 +271,7 @@ def classify_spots(
 
     check_int(batch_size, "batch_size")
     check_int(num_workers, "num_workers", minimum=0)
-    if not isinstance(key_added, str) or not key_added:
-        raise ValueError(f"key_added must be a non-empty string, got {key_added!r}.")
+    check_key(key_added)
     if uncertain is not None and not (len(uncertain) == 2 and 0.0 <= uncertain[0] <= uncertain[1] <= 1.0):
         raise ValueError(f"uncertain must be a (low, high) band inside [0, 1], got {uncertain!r}.")
     dev = resolve_device(device)

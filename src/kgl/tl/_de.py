@@ -19,7 +19,7 @@ from kgl._logging import logger
 from kgl._spatialdata import accepts_spatialdata
 from kgl._types import DEMethod, options
 from kgl._utils import reviewed_labels
-from kgl._validators import check_int, save_data
+from kgl._validators import check_int, check_key, save_data
 
 if TYPE_CHECKING:  # pragma: no cover
     from anndata import AnnData
@@ -299,8 +299,7 @@ def glom_markers(
         _matrix(adata, layer)
     labels, group = _groups(adata, key, group)
     key_added = f"{key}_markers" if key_added is None else key_added
-    if not isinstance(key_added, str) or not key_added:
-        raise ValueError(f"key_added must be a non-empty string, got {key_added!r}.")
+    check_key(key_added)
     reviewed = f"{key}_reviewed" in adata.obs
     if method == "wilcoxon":
         table, design = _wilcoxon(adata, labels, group, layer, int(min_spots)), None

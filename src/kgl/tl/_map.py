@@ -21,7 +21,7 @@ from kgl._geometry import SPOT_DIAMETER_UM, SPOT_PITCH_UM, disk_means, disk_pixe
 from kgl._logging import logger
 from kgl._spatialdata import accepts_spatialdata
 from kgl._types import Precision
-from kgl._validators import check_int
+from kgl._validators import check_int, check_key
 from kgl.tl._classify import _prefetch, _Run
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -332,8 +332,7 @@ def glomerulus_map(
     if table_name is not None:
         raise ValueError("table_name is only for a SpatialData object; adata is an AnnData.")
     check_int(batch_size, "batch_size")
-    if not isinstance(key_added, str) or not key_added:
-        raise ValueError(f"key_added must be a non-empty string, got {key_added!r}.")
+    check_key(key_added)
     net = resolve_map_model(model)
     spec = net.spec
     dev = resolve_device(device)
