@@ -241,6 +241,18 @@ def test_crops_align_image_and_mask(tmp_path):
     np.testing.assert_array_equal(a[0], b[0])
 
 
+def test_crops_never_show_padding_inside_tissue(tmp_path):
+    # any rotation with the widest zoom-out: the centre crop's corners still sample the slide, not the fill
+    from PIL import Image
+
+    Image.fromarray(np.full((600, 600, 3), 128, np.uint8)).save(tmp_path / "grey.png")
+    poly = shapely.Point(300, 300).buffer(40)
+    slides = pd.DataFrame([{"slide": "g", "path": str(tmp_path / "grey.png"), "group": "g", "polygons": [poly],
+                            "mpp": 1.0, "width": 600, "height": 600, "split": "train"}])  # fmt: skip
+    ds = kgl.im.MapCropDataset(slides, mpp=1.0, size=64, length=64, glom_share=1.0, augment="none", seed=1)
+    assert max(int(ds[i][0].max()) for i in range(len(ds))) < 140
+
+
 def test_train_map_runs_resumes_and_calibrates(tmp_path):
     slides = _slides(tmp_path)
     kw = dict(backbone="resnet18", weights=None, mpp=1.0, input_size=64, steps_per_epoch=2, batch_size=2,

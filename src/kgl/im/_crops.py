@@ -107,6 +107,8 @@ class MapCropDataset:
             raise KeyError(f"The slide table lacks columns {sorted(missing)}; build it with kgl.datasets.*_slides().")
         if not 0.0 <= glom_share <= 1.0:
             raise ValueError(f"glom_share must be in [0, 1], got {glom_share!r}.")
+        if len(scale_jitter) != 2 or not 0 < scale_jitter[0] <= scale_jitter[1]:
+            raise ValueError(f"scale_jitter must be (low, high) with 0 < low <= high, got {scale_jitter!r}.")
         self.size, self.length, self.glom_share = int(size), int(length), float(glom_share)
         self.train, self.seed, self.epoch, self.mpp = bool(train), int(seed), 0, float(mpp)
         cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -121,7 +123,9 @@ class MapCropDataset:
             self.glom_xy.append(self._centres(row, mpp))
             tissue = np.argwhere(rgb.min(axis=2) < 220)[:, ::-1]  # (x, y) of non-white pixels
             self.tissue_xy.append(tissue if len(tissue) else np.argwhere(np.ones(rgb.shape[:2]))[:, ::-1])
-        self.pad = int(np.ceil(self.size * 1.5))  # room for any rotation and zoom before the centre crop
+        # the centre crop's corners, rotated by any angle and zoomed out to min(scale_jitter), must still
+        # sample the padded window: half its side >= size / sqrt(2) / min(scale_jitter) (+1 px of interpolation)
+        self.pad = int(np.ceil(self.size * np.sqrt(2) / min(scale_jitter))) + 2
         affine = A.Affine(
             scale=scale_jitter, rotate=(-180, 180), border_mode=cv2.BORDER_CONSTANT, fill=255, fill_mask=0, p=1.0
         )
