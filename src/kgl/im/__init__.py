@@ -13,7 +13,7 @@ from kgl.im._spots import (
     spot_sets,
 )
 from kgl.im._stain import STAIN_NORMS, MacenkoNormalizer
-from kgl.im._tiles import MapGrid, MapTiles, blend_window, map_grid
+from kgl.im._tiles import MapGrid, MapTiles, blend_block, blend_window, map_grid
 
 __all__ = [
     "AUGMENTATIONS",
@@ -27,6 +27,7 @@ __all__ = [
     "SpotChunkDataset",
     "SpotPatchDataset",
     "SpotSet",
+    "blend_block",
     "blend_window",
     "build_transform",
     "check_resolution",

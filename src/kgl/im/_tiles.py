@@ -12,13 +12,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any
 
 import numpy as np
 
 from kgl.io import SlideImage
 
-__all__ = ["MapGrid", "MapTiles", "blend_window", "map_grid"]
+__all__ = ["MapGrid", "MapTiles", "blend_block", "blend_window", "map_grid"]
 
 #: Tiles start on multiples of this many map pixels (the encoder's stride: features align too).
 ALIGN = 32
@@ -115,6 +114,20 @@ class MapTiles:
         starts_r = np.arange(-self.halo, max(rows - self.halo, 1), stride)
         starts_c = np.arange(-self.halo, max(cols - self.halo, 1), stride)
         self.starts = [(int(r), int(c)) for r in starts_r for c in starts_c]
+        #: ``(tile rows, tile columns)``; tile ``k`` is at ``divmod(k, shape[1])``. Tile ``(i, j)``'s core
+        #: (its pixels minus the halos) is map pixels ``[i·stride, (i+1)·stride) × [j·stride, (j+1)·stride)``.
+        self.tile_shape = (len(starts_r), len(starts_c))
+        self.stride = stride
+
+    def runs(self, batch_size: int) -> list[list[int]]:
+        """Tiles per forward pass: runs of ``batch_size`` along each tile row, row after row.
+
+        The serial loop and the Dask blocks (:func:`kgl.tl.glomerulus_map` with ``use_dask=True``)
+        batch the same tiles together, so their forward passes, and their maps, are the same.
+        """
+        n_r, n_c = self.tile_shape
+        starts = range(0, n_c, batch_size)
+        return [[i * n_c + j for j in range(j0, min(j0 + batch_size, n_c))] for i in range(n_r) for j0 in starts]
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -144,6 +157,28 @@ def blend_window(size: int, halo: int) -> np.ndarray:
     return np.outer(ramp, ramp).astype(np.float32)
 
 
-def collate_tiles(batch: list[tuple[int, int, np.ndarray]]) -> tuple[Any, Any, Any]:
-    """``(rows, cols, uint8 tiles (B, H, W, 3))`` of a batch of :class:`MapTiles` items."""
-    return (np.array([b[0] for b in batch]), np.array([b[1] for b in batch]), np.stack([b[2] for b in batch]))
+def blend_block(ext: np.ndarray, *, size: int, halo: int, n_tiles: int) -> np.ndarray:
+    """The blended cores of a run of tiles from their weighted outputs and their neighbours' halos (overlap-add).
+
+    ``ext`` is ``(C + 1, size + 2·halo, n_tiles·size + 2·halo)``: the run's tiles side by side, each
+    ``(values × weight, weight)`` with the weight last, extended by ``halo`` from the neighbouring
+    tiles on every side (zeros where there is none: :func:`dask.array.map_overlap` with
+    ``depth=halo, boundary=0``). Returns ``(C, size − 2·halo, n_tiles·(size − 2·halo))``: ``Σ values·w /
+    Σ w`` over the (up to 9) tiles that cover each core pixel, added in the tiles' row-major order,
+    as the serial loop of :func:`kgl.tl._map.predict_map` adds them: the same floating-point sums.
+    """
+    h, core = halo, size - 2 * halo
+    # (slice in ext, slice in the core) of the tile above/left (-1), the tile itself (0), below/right (+1)
+    rows = {-1: (slice(0, h), slice(0, h)), 0: (slice(2 * h, size), slice(0, core)),
+            1: (slice(size + h, size + 2 * h), slice(core - h, core))}  # fmt: skip
+    acc = np.zeros((ext.shape[0], core, n_tiles * core), dtype=ext.dtype)
+    for t in range(n_tiles):
+        e0, o0 = t * size, t * core  # the tile starts at ext column h + t·size
+        cols = {-1: (slice(e0, e0 + h), slice(o0, o0 + h)), 0: (slice(e0 + 2 * h, e0 + size), slice(o0, o0 + core)),
+                1: (slice(e0 + size + h, e0 + size + 2 * h), slice(o0 + core - h, o0 + core))}  # fmt: skip
+        for dr in (-1, 0, 1):
+            for dc in (-1, 0, 1):
+                (er, orow), (ec, ocol) = rows[dr], cols[dc]
+                acc[:, orow, ocol] += ext[:, er, ec]
+    values, weight = acc[:-1], acc[-1]
+    return np.divide(values, np.maximum(weight, 1e-12, out=weight), out=values)

@@ -48,6 +48,17 @@ class GlomSegmenter(nn.Module):
         """µm per pixel of the map (and of the model's input)."""
         return self.spec.mpp
 
+    @property
+    def feature_channels(self) -> int:
+        """Channels of :meth:`forward_with_features`' features (the encoder's deepest stage)."""
+        channels = getattr(self.net.encoder, "out_channels", None)  # smp encoders say it
+        if channels is not None:
+            return int(channels[-1])
+        p = next(self.parameters(), None)
+        x = torch.zeros(1, 3, 32, 32, device=None if p is None else p.device)
+        with torch.inference_mode():
+            return int(self.forward_with_features(x)[1].shape[1])
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Glomerulus logits ``(B, 1, H, W)`` (``H``, ``W`` multiples of 32)."""
         return self.net(x)

@@ -58,23 +58,33 @@ def predict_map(
     device: Any,
     amp: Any,
     features: bool = False,
+    use_dask: bool = False,
     show_progress: bool = False,
     desc: str = "map",
 ) -> MapPrediction:
     """Run a :class:`~kgl.models.GlomSegmenter` over every tile of ``grid`` and blend the tiles.
 
     ``device``/``amp`` as :func:`kgl.tl._device.resolve_device` / ``autocast_dtype`` give them. Tiles
-    are read one batch ahead in a thread (:func:`kgl.tl._classify._prefetch`).
+    go through the model in runs of ``batch_size`` along each tile row (:meth:`kgl.im.MapTiles.runs`).
+    Serially (default), the next run is read in a thread while the model works
+    (:func:`kgl.tl._classify._prefetch`). With ``use_dask``, each run is one task of a Dask graph
+    (:func:`_dask_map`) that the active scheduler computes (threads, or a ``dask.distributed``
+    client); the tiles' blend is then :func:`kgl.im.blend_block` under ``map_overlap``. Both paths
+    batch the same tiles and add the same numbers in the same order: their maps are equal.
     """
     import copy
 
-    import torch
-    from tqdm.auto import tqdm
-
-    from kgl.im import MapTiles, blend_window
-    from kgl.tl._device import normalise_uint8, normaliser
+    from kgl.im import MapTiles
 
     tiles = MapTiles(image, grid, size=tile_size, halo=halo)
+    runs = tiles.runs(batch_size)
+    model = copy.deepcopy(model).eval().to(device)  # the caller's model keeps its device and mode
+    if use_dask:
+        return _dask_map(model, tiles, runs, device=device, amp=amp, features=features, show_progress=show_progress)
+    from tqdm.auto import tqdm
+
+    from kgl.im import blend_window
+
     rows, cols = grid.shape
     acc = np.zeros((rows, cols), dtype=np.float32)
     wsum = np.zeros((rows, cols), dtype=np.float32)
@@ -82,35 +92,137 @@ def predict_map(
     fwin = win[16::32, 16::32]
     facc: np.ndarray | None = None
     fsum = np.zeros(((rows + 31) // 32, (cols + 31) // 32), dtype=np.float32)
-    prep = model.spec.preprocessing
-    mean, std = normaliser(prep, device)
-    batches = [range(s, min(s + batch_size, len(tiles))) for s in range(0, len(tiles), batch_size)]
-
-    def read(b: range) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        items = [tiles[k] for k in b]
-        return np.array([t[0] for t in items]), np.array([t[1] for t in items]), np.stack([t[2] for t in items])
-
-    reads = (read(b) for b in batches)
-    model = copy.deepcopy(model).eval().to(device)  # the caller's model keeps its device and mode
-    with torch.inference_mode(), torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-        for rr, cc, x in tqdm(_prefetch(reads), total=len(batches), desc=desc, unit="batch", disable=not show_progress):
-            x = normalise_uint8(torch.as_tensor(x).to(device), mean, std, greyscale=prep.greyscale)
-            if features:
-                logits, f = model.forward_with_features(x)
-                f = f.float().cpu().numpy()
-            else:
-                logits, f = model(x), None
-            p = torch.sigmoid(logits.float())[:, 0].cpu().numpy()
-            for b, (r, c) in enumerate(zip(rr, cc, strict=True)):
-                _accumulate(acc, wsum, p[b] * win, win, int(r), int(c))
-                if f is not None:
-                    if facc is None:
-                        facc = np.zeros((f.shape[1], *fsum.shape), dtype=np.float32)
-                    _accumulate(facc, fsum, f[b] * fwin, fwin, int(r) // 32, int(c) // 32)
+    reads = ((run, np.stack([tiles[k][2] for k in run])) for run in runs)
+    for run, x in tqdm(_prefetch(reads), total=len(runs), desc=desc, unit="batch", disable=not show_progress):
+        p, f = _forward(model, x, device=device, amp=amp, features=features)
+        for b, k in enumerate(run):
+            r, c = tiles.starts[k]
+            _accumulate(acc, wsum, p[b] * win, win, r, c)
+            if f is not None:
+                if facc is None:
+                    facc = np.zeros((f.shape[1], *fsum.shape), dtype=np.float32)
+                _accumulate(facc, fsum, f[b] * fwin, fwin, r // 32, c // 32)
     np.divide(acc, np.maximum(wsum, 1e-12, out=wsum), out=acc)  # in place: a map is the largest array here
     if facc is not None:
-        np.divide(facc, np.maximum(fsum, 1e-12), out=facc)
+        np.divide(facc, np.maximum(fsum, 1e-12, out=fsum), out=facc)
     return MapPrediction(acc, grid, facc)
+
+
+def _forward(model: Any, x: np.ndarray, *, device: Any, amp: Any, features: bool) -> tuple[np.ndarray, Any]:
+    """A forward pass of uint8 tiles ``(B, H, W, 3)``: probabilities ``(B, H, W)``, features ``(B, C, H/32, W/32)``."""
+    import torch
+
+    from kgl.tl._device import normalise_uint8, normaliser
+
+    prep = model.spec.preprocessing
+    mean, std = normaliser(prep, device)
+    with torch.inference_mode(), torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+        x = normalise_uint8(torch.as_tensor(x).to(device), mean, std, greyscale=prep.greyscale)
+        if features:
+            logits, f = model.forward_with_features(x)
+            f = f.float().cpu().numpy()
+        else:
+            logits, f = model(x), None
+        return torch.sigmoid(logits.float())[:, 0].cpu().numpy(), f
+
+
+def _dask_run(model: Any, tiles: Any, run: list[int], *, device: Any, amp: Any, features: bool) -> tuple[Any, Any]:
+    """One Dask task: read a run of tiles, predict, and lay out ``(p·w, w)`` (and features) side by side."""
+    from kgl.im import blend_window
+
+    size = tiles.size
+    win = blend_window(size, tiles.halo)
+    fwin = win[16::32, 16::32]
+    p, f = _forward(model, np.stack([tiles[k][2] for k in run]), device=device, amp=amp, features=features)
+    out = np.empty((2, size, len(run) * size), dtype=np.float32)
+    for b in range(len(run)):
+        out[0, :, b * size : (b + 1) * size] = p[b] * win
+        out[1, :, b * size : (b + 1) * size] = win
+    if f is None:
+        return out, None
+    n = size // 32
+    fout = np.empty((f.shape[1] + 1, n, len(run) * n), dtype=np.float32)
+    for b in range(len(run)):
+        fout[:-1, :, b * n : (b + 1) * n] = f[b] * fwin
+        fout[-1, :, b * n : (b + 1) * n] = fwin
+    return out, fout
+
+
+def _shared(obj: Any) -> Any:
+    """``obj`` as one node of a Dask graph: scattered to every worker once under a distributed client, else delayed."""
+    import dask
+
+    try:
+        from distributed import get_client
+
+        client = get_client()
+    except (ImportError, ValueError):  # no distributed, or no client: the local schedulers share memory
+        return dask.delayed(obj, pure=True)
+    return dask.delayed(client.scatter(obj, broadcast=True, hash=False))
+
+
+def _dask_map(model: Any, tiles: Any, runs: list[list[int]], *, device: Any, amp: Any, features: bool,
+              show_progress: bool) -> MapPrediction:  # fmt: skip
+    """:func:`dask_map_arrays` computed with the active scheduler (:func:`dask.compute`)."""
+    import dask
+
+    proba, feats = dask_map_arrays(model, tiles, runs, device=device, amp=amp, features=features)
+    if show_progress:
+        from tqdm.dask import TqdmCallback
+
+        with TqdmCallback(desc="map (dask)", disable=None):  # local schedulers; a distributed client has its own
+            proba, feats = dask.compute(proba, feats)
+    else:
+        proba, feats = dask.compute(proba, feats)
+    return MapPrediction(proba, tiles.grid, feats)
+
+
+def dask_map_arrays(model: Any, tiles: Any, runs: list[list[int]], *, device: Any, amp: Any,
+                    features: bool) -> tuple[Any, Any]:  # fmt: skip
+    """The map (and features) as lazy Dask arrays: one task per run of tiles, then their overlap-add.
+
+    The model and the tiles (with the image's picklable reader: a file-backed image travels as its
+    path) enter the graph once each; a task reads its own tiles through
+    :meth:`kgl.io.SlideImage.read_window`. The blend is :func:`kgl.im.blend_block` under
+    :func:`dask.array.map_overlap` (depth = the halo, zeros beyond the outer tiles).
+    """
+    import dask
+    import dask.array as da
+
+    from kgl.im import blend_block
+
+    size, halo = tiles.size, tiles.halo
+    n_r = tiles.tile_shape[0]
+    per_row = len(runs) // n_r
+    model_d, tiles_d = _shared(model), _shared(tiles)
+    n_feat = model.feature_channels if features else 0
+    grid_p, grid_f = [], []
+    for i in range(n_r):
+        row_p, row_f = [], []
+        for run in runs[i * per_row : (i + 1) * per_row]:
+            task = dask.delayed(_dask_run, pure=True, nout=2)(model_d, tiles_d, run, device=device, amp=amp,
+                                                              features=features)  # fmt: skip
+            row_p.append(da.from_delayed(task[0], shape=(2, size, len(run) * size), dtype=np.float32))
+            if features:
+                row_f.append(da.from_delayed(task[1], shape=(n_feat + 1, size // 32, len(run) * size // 32),
+                                             dtype=np.float32))  # fmt: skip
+        grid_p.append(row_p)
+        grid_f.append(row_f)
+    rows, cols = tiles.grid.shape
+
+    def blend(t: Any, s: int, h: int, keep: tuple[int, int]) -> Any:
+        core = s - 2 * h
+        out = da.map_overlap(
+            lambda e: blend_block(e, size=s, halo=h, n_tiles=(e.shape[2] - 2 * h) // s),
+            t, depth={0: 0, 1: h, 2: h}, boundary=0, trim=False, dtype=np.float32,
+            chunks=(t.chunks[0][0] - 1, *(tuple(c // s * core for c in ax) for ax in t.chunks[1:])),
+        )  # fmt: skip
+        return out[:, : keep[0], : keep[1]]
+
+    proba = blend(da.block(grid_p), size, halo, (rows, cols))[0]
+    if not features:
+        return proba, None
+    return proba, blend(da.block(grid_f), size // 32, halo // 32, ((rows + 31) // 32, (cols + 31) // 32))
 
 
 def _accumulate(acc: np.ndarray, wsum: np.ndarray, values: np.ndarray, weight: np.ndarray, r: int, c: int) -> None:
@@ -179,6 +291,7 @@ def library_map(
     device: Any,
     amp: Any,
     features: bool = False,
+    use_dask: bool = False,
     show_progress: bool = False,
 ) -> MapPrediction:
     """The map of one library (:class:`kgl.im.SpotSet`) over its spots' bounding box plus one spot pitch."""
@@ -197,6 +310,7 @@ def library_map(
         device=device,
         amp=amp,
         features=features,
+        use_dask=use_dask,
         show_progress=show_progress,
         desc=f"map {spots.library_id}",
     )
@@ -275,6 +389,7 @@ def glomerulus_map(
     batch_size: int = 4,
     device: Any = "auto",
     precision: Precision = "auto",
+    use_dask: bool = False,
     img_key: str | None = None,
     allow_upsampling: bool = False,
     spatial_key: str = "spatial",
@@ -305,6 +420,11 @@ def glomerulus_map(
         Tiles per forward pass.
     device, precision
         As in :func:`kgl.tl.classify_spots`.
+    use_dask
+        Build the map as a Dask graph, one task per ``batch_size`` tiles, and compute it with the
+        active scheduler: Dask's threads by default, or the workers of a :class:`dask.distributed.Client`
+        when one is active. Each task reads its own tiles, so no image array enters the graph. The map
+        equals the serial one exactly (same batches, same sums in the same order).
     %(img_key)s
     allow_upsampling
         As in :func:`kgl.tl.classify_spots`.
@@ -344,7 +464,7 @@ def glomerulus_map(
     maps = {}
     for spots in sets:
         pred = library_map(net, spots, tile_size=tile_size, halo=halo, batch_size=batch_size, device=dev, amp=amp,
-                           show_progress=show_progress)  # fmt: skip
+                           use_dask=use_dask, show_progress=show_progress)  # fmt: skip
         maps[spots.library_id] = (pred, spots)
     if copy:
         adata = adata.copy()
@@ -368,6 +488,8 @@ def glomerulus_map(
             "map_mpp": spec.mpp,
             "tile_size": tile_size,
             "halo": halo,
+            "batch_size": batch_size,
+            "use_dask": use_dask,
             "precision": "fp32" if amp is None else str(amp).replace("torch.", ""),
             "device": str(dev),
             "libraries": libraries,
