@@ -429,8 +429,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if args.model in kgl.models.REGISTRY:
         try:
             kgl.models.fetch_model(args.model)
-        except FileNotFoundError:
-            print(f"model {args.model!r} is not cached: training it first (kgl train --name {args.model})")
+        except FileNotFoundError as e:
+            why = "is cached from an older recipe" if "older recipe" in str(e) else "is not cached"
+            print(f"model {args.model!r} {why}: training it first (kgl train --name {args.model})")
             kgl.recipes.train_model(args.model, show_progress=not args.quiet)
     t0 = time.perf_counter()
     adata = kgl.datasets.pas_tiles_visium()

@@ -64,3 +64,24 @@ def test_registry_default_is_an_alias_like_torchvision_weights(served, tmp_path,
     (tmp_path / "cache" / "models" / REGISTRY.DEFAULT.filename).write_bytes(path.read_bytes())
     assert fetch_model("DEFAULT") == tmp_path / "cache" / "models" / REGISTRY.DEFAULT.filename
     assert state_dict_sha256(resolve_model("DEFAULT")) == state_dict_sha256(model)
+
+
+def test_a_cached_model_of_an_older_recipe_is_not_used_under_its_name(tmp_path, monkeypatch):
+    # a kgl upgrade that changes a recipe: the model cached under the name was trained to the old one
+    import dataclasses
+    from types import MappingProxyType
+
+    from _kgl_fixtures import red_fraction_segmenter
+    from kgl.models import DEFAULT_MODEL, fetch_model
+
+    monkeypatch.setattr(settings, "cachedir", tmp_path / "cache")
+    entry = REGISTRY[DEFAULT_MODEL]
+    net = red_fraction_segmenter()
+    # trained with a run override (epochs=1) of the registered recipe: that is not a change of recipe
+    net.config["training"] = {"recipe": {**entry.recipe, "epochs": 1}, "registry_recipe": dict(entry.recipe)}
+    path = save_checkpoint(net, tmp_path / "cache" / "models" / entry.filename)
+    assert fetch_model(DEFAULT_MODEL) == path
+    newer = dataclasses.replace(entry, recipe=MappingProxyType({**entry.recipe, "mpp": 0.5}))
+    monkeypatch.setitem(REGISTRY._entries, DEFAULT_MODEL, newer)
+    with pytest.raises(FileNotFoundError, match=r"older recipe \(mpp 1.0 -> 0.5\).*kgl train --name kgl-glom-map-v1"):
+        fetch_model("DEFAULT")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -254,13 +255,46 @@ def model_dir() -> Path:
     return Path(settings.cachedir) / "models"
 
 
+def _recipe_changes(entry: ModelEntry, path: Path) -> dict[str, tuple[Any, Any]]:
+    """Settings of the registry's recipe that changed since a cached, locally trained checkpoint was made.
+
+    A model trained here before the recipe changed (a kgl upgrade) keeps its name in the cache; this
+    tells it apart. The checkpoint records the registry's recipe of its day
+    (``config["training"]["registry_recipe"]``, written by :func:`kgl.recipes.train_model`): the settings
+    a user overrode for that run (``kgl train --epochs 1``) are not a change of recipe. Checkpoints from
+    before that record are compared by the settings they ran with. The file is memory-mapped.
+    """
+    import torch
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        cfg = ckpt["config"]
+        training = (json.loads(cfg) if isinstance(cfg, str) else cfg).get("training") or {}
+    except Exception:  # an unreadable file: load_checkpoint gives the real error
+        return {}
+    then = training.get("registry_recipe") or training.get("recipe") or {}
+
+    def norm(v: Any) -> Any:
+        return list(v) if isinstance(v, (list, tuple)) else v
+
+    return {k: (then[k], v) for k, v in entry.recipe.items()
+            if k in then and k != "seed" and norm(then[k]) != norm(v)}  # fmt: skip
+
+
 def fetch_model(name: str) -> Path:
     """Local path of a registered model: the cached file, or a sha256-checked download via pooch."""
     name = REGISTRY.resolve(name)  # KeyError naming the registered models
     entry = REGISTRY[name]
     local = model_dir() / entry.filename
-    if local.exists() and entry.url is None:
+    stale = _recipe_changes(entry, local) if local.exists() and entry.url is None else {}
+    if local.exists() and entry.url is None and not stale:
         return local
+    if stale:
+        changes = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in sorted(stale.items()))
+        raise FileNotFoundError(
+            f"The cached {name!r} ({str(local)!r}) was trained with an older recipe ({changes}): kgl will not use it "
+            f"as {name!r}. Retrain it with `kgl train --name {name}`, or pass the file as model= to use it anyway."
+        )
     if entry.url is None:
         raise FileNotFoundError(
             f"Model {name!r} is not in the model cache ({str(local)!r}) and not published for download yet. "

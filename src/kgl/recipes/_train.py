@@ -303,8 +303,13 @@ def save_and_install(model: Any, out: Path, name: str, *, install: bool) -> Path
     Returns the installed checkpoint (where ``classify_spots(model=name)`` finds it), else ``out/best.pt``.
     Every kgl recipe ends here (the patch classifiers' and the map's).
     """
-    from kgl.models import model_dir, save_checkpoint, write_model_card
+    import json
 
+    from kgl.models import REGISTRY, model_dir, save_checkpoint, write_model_card
+
+    if name in REGISTRY:  # the registry's recipe as it was: a later kgl tells a model of an older recipe apart
+        recipe = json.loads(json.dumps(dict(REGISTRY[name].recipe)))
+        model.config.setdefault("training", {})["registry_recipe"] = recipe
     best = save_checkpoint(model, out / "best.pt")
     write_model_card(model.config, out / "MODEL_CARD.md")
     if not install:
