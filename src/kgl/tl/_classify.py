@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from kgl._docs import d
-from kgl._logging import logger
+from kgl._logging import logger, no_bar
 from kgl._spatialdata import accepts_spatialdata
 from kgl._types import Precision, StainNorm, ThresholdRule, options
 from kgl._validators import check_int, check_key, check_patch_args, save_data
@@ -133,7 +133,7 @@ def _predict(
     inside = np.empty(n, dtype=np.float32)
     feats: np.ndarray | None = None
     with torch.inference_mode(), torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-        for idx, x, f in tqdm(loader, total=len(chunks), desc=desc, unit="batch", disable=not show_progress):
+        for idx, x, f in tqdm(loader, total=len(chunks), desc=desc, unit="batch", disable=no_bar(show_progress)):
             x = torch.as_tensor(x)
             if transform is not None:
                 x = transform(x)

@@ -18,7 +18,7 @@ import numpy as np
 
 from kgl._docs import d
 from kgl._geometry import SPOT_DIAMETER_UM, SPOT_PITCH_UM, disk_means, disk_pixel_weights
-from kgl._logging import logger
+from kgl._logging import logger, no_bar
 from kgl._spatialdata import accepts_spatialdata
 from kgl._types import Precision
 from kgl._validators import check_int, check_key
@@ -93,7 +93,7 @@ def predict_map(
     facc: np.ndarray | None = None
     fsum = np.zeros(((rows + 31) // 32, (cols + 31) // 32), dtype=np.float32)
     reads = ((run, np.stack([tiles[k][2] for k in run])) for run in runs)
-    for run, x in tqdm(_prefetch(reads), total=len(runs), desc=desc, unit="batch", disable=not show_progress):
+    for run, x in tqdm(_prefetch(reads), total=len(runs), desc=desc, unit="batch", disable=no_bar(show_progress)):
         p, f = _forward(model, x, device=device, amp=amp, features=features)
         for b, k in enumerate(run):
             r, c = tiles.starts[k]

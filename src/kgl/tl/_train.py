@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from kgl._logging import logger
+from kgl._logging import logger, no_bar
 from kgl.im import PatchDataset, collate_patches
 from kgl.tl._calibration import calibrated_proba, fit_calibration
 from kgl.tl._device import normalise_uint8, normaliser
@@ -529,7 +529,7 @@ def _train_one_epoch(
         data.train_loader,
         total=data.steps,
         desc=f"epoch {epoch + 1}/{cfg.epochs}" + (" (head only)" if frozen else ""),
-        disable=not cfg.show_progress,
+        disable=no_bar(cfg.show_progress),
         unit="batch",
     )
     for b, (x, y) in enumerate(bar):

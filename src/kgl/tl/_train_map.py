@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from kgl._geometry import SPOT_DIAMETER_UM, disk_means, spot_coverage, spot_lattice
-from kgl._logging import logger
+from kgl._logging import logger, no_bar
 from kgl.tl._train import TrainResult, _Fit, _Progress, _resume, fit_epochs
 
 __all__ = ["MapTrainConfig", "train_map"]
@@ -251,7 +251,7 @@ def _train_map_epoch(fit: _Fit, data: _MapData, cfg: MapTrainConfig, *, epoch: i
     data.train_ds.set_epoch(epoch)
     tot, n, t0 = 0.0, 0, time.perf_counter()
     bar = tqdm(data.train_loader, total=data.steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
-               disable=not cfg.show_progress)  # fmt: skip
+               disable=no_bar(cfg.show_progress))  # fmt: skip
     for x, y in bar:
         x = normalise_uint8(x.to(dev, non_blocking=True), fit.mean, fit.std)
         y = y.to(dev, non_blocking=True)
