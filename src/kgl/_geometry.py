@@ -452,3 +452,101 @@ def disk_means(
             mean[s : s + chunk] = np.where(share > 0, (wt * vals).sum(axis=(1, 2)) / share, np.nan)
         inside[s : s + chunk] = share
     return mean, np.clip(inside, 0.0, 1.0)
+
+
+def square_means(
+    image: np.ndarray, centers: np.ndarray, side: float, *, pixel: float = 1.0, origin: float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean of a 2-D ``image`` over axis-aligned squares (pixel-exact) and each square's share on the image.
+
+    The Visium HD bin's footprint, as :func:`disk_means` is the spot's: pixel ``(i, j)`` covers
+    ``[origin + j·pixel, origin + (j+1)·pixel)`` in ``x`` (and ``y``), ``centers`` ``(n, 2)`` are
+    ``x, y`` and ``side`` the squares' side, all in one frame. The integral of a piecewise-constant
+    image over ``[x0, x) × [y0, y)`` is the bilinear interpolation of its summed-area table, so each
+    square costs four lookups, however large (exact up to float64 rounding). Parts off the image are
+    missing, not zero: the mean is over the part on the image (``NaN`` when none is).
+    """
+    img = np.asarray(image, dtype=np.float64)
+    h, w = img.shape
+    sat = np.zeros((h + 1, w + 1))
+    np.cumsum(np.cumsum(img, axis=0), axis=1, out=sat[1:, 1:])
+    c = (np.asarray(centers, dtype=np.float64).reshape(-1, 2) - origin) / pixel  # pixel edges at integers
+    half = float(side) / pixel / 2
+
+    def integral(u: np.ndarray, v: np.ndarray) -> np.ndarray:  # ∫∫ over [0, u) × [0, v), u, v clipped to the image
+        j, i = np.minimum(u.astype(np.int64), w - 1), np.minimum(v.astype(np.int64), h - 1)
+        a, b = u - j, v - i
+        return (sat[i, j] * (1 - a) * (1 - b) + sat[i, j + 1] * a * (1 - b) + sat[i + 1, j] * (1 - a) * b
+                + sat[i + 1, j + 1] * a * b)  # fmt: skip
+
+    x0, x1 = np.clip(c[:, 0] - half, 0, w), np.clip(c[:, 0] + half, 0, w)
+    y0, y1 = np.clip(c[:, 1] - half, 0, h), np.clip(c[:, 1] + half, 0, h)
+    area = (x1 - x0) * (y1 - y0)
+    total = integral(x1, y1) - integral(x0, y1) - integral(x1, y0) + integral(x0, y0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(area > 0, total / area, np.nan)
+    return mean, np.clip(area / (2 * half) ** 2, 0.0, 1.0)
+
+
+def bin_mpp(
+    coords: Any,
+    sf: Mapping[str, Any],
+    *,
+    array_row: Any = None,
+    array_col: Any = None,
+    image_mpp: float | None = None,
+    where: str = "the sample",
+) -> SpotMpp:
+    """µm per pixel of a Visium HD bin frame: the bin lattice's pitch is the bin size (``sf["bin_size_um"]``).
+
+    The pitch in pixels is the median distance between array neighbours (``array_col`` ± 1 in a row,
+    ``array_row`` ± 1 in a column); without array indices, the squares' side (``spot_diameter_fullres``,
+    which Space Ranger HD sets to ``bin_size_um / microns_per_pixel``). A side or image metadata more
+    than :data:`MPP_TOLERANCE` away from the lattice is an error: these bins do not belong to this frame.
+    """
+    bin_um = float(sf["bin_size_um"])
+    side_px = float(sf["spot_diameter_fullres"])
+    if not (np.isfinite(bin_um) and bin_um > 0 and np.isfinite(side_px) and side_px > 0):
+        raise ValueError(f"{where}: bin_size_um ({bin_um!r}) and the bin side ({side_px!r} px) must be positive.")
+    img = float(image_mpp) if image_mpp is not None and np.isfinite(image_mpp) and image_mpp > 0 else None
+    c = np.asarray(coords, dtype=np.float64)[:, :2]
+    pitch, n = None, 0
+    if array_row is not None and array_col is not None and len(c) > 1:
+        r, k = np.asarray(array_row, dtype=np.int64), np.asarray(array_col, dtype=np.int64)
+        key = r * (int(k.max()) + 2) + k
+        order = np.argsort(key)
+        d = []
+        for step in (1, int(k.max()) + 2):  # the right neighbour, the one below
+            pos = np.searchsorted(key[order], key + step)
+            ok = (pos < len(key)) & (key[order][np.minimum(pos, len(key) - 1)] == key + step)
+            d.append(np.hypot(*(c[order[pos[ok]]] - c[ok]).T))
+        d = np.concatenate(d)
+        if len(d) >= MIN_LATTICE_PAIRS:
+            pitch, n = float(np.median(d)), len(d)
+    mpp_side = bin_um / side_px
+    mpp = bin_um / pitch if pitch is not None else mpp_side
+    for what, other in (("the squares' side (spot_diameter_fullres)", mpp_side), ("the image metadata", img)):
+        if other is not None and _log_ratio(mpp, other) > math.log1p(MPP_TOLERANCE):
+            raise ValueError(
+                f"{where}: the {bin_um:g}-µm bin lattice gives {mpp:.4g} µm/px but {what} gives {other:.4g} µm/px: "
+                "the bins, their size and the image do not belong together (check the table/shapes/image elements)."
+            )
+    source = "bin lattice" if pitch is not None else "bin side"
+    return SpotMpp(mpp, source, None if pitch is None else mpp, mpp_side, img, pitch, n)
+
+
+def square_coverage(centers: np.ndarray, side: float, polygons: Sequence[Any]) -> np.ndarray:
+    """Share of each axis-aligned square (``centers`` ``(n, 2)``, ``side``; one frame) inside ``polygons``, exactly."""
+    import shapely
+
+    c = np.asarray(centers, dtype=np.float64).reshape(-1, 2)
+    out = np.zeros(len(c))
+    if not len(c) or not len(polygons):
+        return out
+    union = shapely.union_all(list(polygons))
+    h = side / 2
+    boxes = shapely.box(c[:, 0] - h, c[:, 1] - h, c[:, 0] + h, c[:, 1] + h)
+    near = shapely.STRtree(boxes).query(union, predicate="intersects")
+    near = np.unique(np.atleast_1d(near).ravel())
+    out[near] = shapely.area(shapely.intersection(boxes[near], union)) / side**2
+    return np.clip(out, 0.0, 1.0)

@@ -58,6 +58,44 @@ def _image_levels(image: Any) -> list[tuple[Any, float]]:
     return [(da.transpose("y", "x", "c").data, h0 / da.sizes["y"]) for da in arrays]  # dask: stays lazy
 
 
+def _affine_between(src: Any, dst: Any, common: set[str]) -> np.ndarray:
+    """The ``(x, y)`` affine from ``src``'s intrinsic frame to ``dst``'s, through a coordinate system both have.
+
+    Visium HD elements share three coordinate systems (full-res, downscaled hires and lowres) that
+    agree, so spatialdata's ``get_transformation_between_coordinate_systems`` finds several equal
+    paths and refuses; composing through one of them is the same transformation.
+    """
+    from spatialdata.transformations import get_transformation
+
+    cs = sorted(common)[0]
+    to_cs = [np.asarray(get_transformation(el, to_coordinate_system=cs).to_affine_matrix(
+        input_axes=("x", "y"), output_axes=("x", "y")), dtype=float) for el in (src, dst)]  # fmt: skip
+    return np.linalg.inv(to_cs[1]) @ to_cs[0]
+
+
+def _square_bin_um(shapes: Any, region: str, table_name: str) -> float:
+    """The bin size (µm) of Visium HD square shapes, from their name (``..._square_008um``), or an error."""
+    import re
+
+    geom = shapes.geometry
+    if len(geom) == 0 or not (geom.geom_type == "Polygon").all():
+        raise ValueError(
+            f"Shapes {region!r} are neither circles (no 'radius' column) nor Visium HD squares: kgl needs Visium spot "
+            "circles or the square bins that spatialdata_io.visium_hd reads."
+        )
+    b = geom.bounds
+    w, h = (b["maxx"] - b["minx"]).to_numpy(), (b["maxy"] - b["miny"]).to_numpy()
+    if not (np.allclose(w, h, rtol=1e-3) and np.allclose(geom.area.to_numpy(), w * h, rtol=1e-3)):
+        raise ValueError(f"Shapes {region!r} are polygons but not axis-aligned squares: not Visium HD bins.")
+    m = re.search(r"square_(\d+)um", f"{region} {table_name}")
+    if m is None:
+        raise ValueError(
+            f"Shapes {region!r} are squares, but neither they nor table {table_name!r} name a bin size "
+            "('..._square_008um', as spatialdata_io.visium_hd names them): kgl cannot tell their size in µm."
+        )
+    return float(int(m.group(1)))
+
+
 def spatialdata_view(
     sdata: SpatialData,
     *,
@@ -86,18 +124,15 @@ def spatialdata_view(
                 f"circles. Shapes: {list(sdata.shapes)}."
             )
         shapes = sdata.shapes[region]
-        if "radius" not in shapes.columns:
-            raise ValueError(f"Shapes {region!r} are not circles (no 'radius' column); kgl needs Visium spot circles.")
-        from spatialdata.transformations import get_transformation, get_transformation_between_coordinate_systems
+        bin_um = None if "radius" in shapes.columns else _square_bin_um(shapes, region, table_name)
+        from spatialdata.transformations import get_transformation
 
         shape_cs = set(get_transformation(shapes, get_all=True))
         candidates = []
         for name, image in sdata.images.items():
             common = shape_cs & set(get_transformation(image, get_all=True))
             if common and (img_key is None or name == img_key):
-                # shapes' intrinsic frame -> the image's pixels, through the shared coordinate system
-                t = get_transformation_between_coordinate_systems(sdata, shapes, image)
-                to_img = np.asarray(t.to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y")), dtype=float)
+                to_img = _affine_between(shapes, image, common)  # shapes' frame -> the image's pixels
                 candidates.append((abs(np.linalg.det(to_img[:2, :2])), name, to_img))
         if not candidates:
             which = f"image {img_key!r}" if img_key else "any image"
@@ -119,16 +154,20 @@ def spatialdata_view(
                 f"{len(missing)} table rows point at instances missing from shapes {region!r} (e.g. {missing[0]!r})."
             )
         geo = shapes.loc[inst]
-        xy = np.c_[geo.geometry.x.to_numpy(), geo.geometry.y.to_numpy(), np.ones(len(geo))] @ to_img.T
+        centre = geo.geometry if bin_um is None else geo.geometry.centroid
+        xy = np.c_[centre.x.to_numpy(), centre.y.to_numpy(), np.ones(len(geo))] @ to_img.T
         coords[rows] = xy[:, :2]
         lib[rows] = region
-        radius = float(np.median(geo["radius"].to_numpy())) * float(lin[0, 0])
+        if bin_um is None:
+            size = 2.0 * float(np.median(geo["radius"].to_numpy()))
+        else:
+            b = geo.geometry.bounds
+            size = float(np.median(b["maxx"] - b["minx"]))
         image = SlideImage(_image_levels(sdata.images[name]), name=f"{region}/{name}")
-        spatial[region] = {
-            "images": {name: image},
-            "scalefactors": {"spot_diameter_fullres": 2.0 * radius, f"tissue_{name}_scalef": 1.0},
-            "metadata": {"spatialdata_image": name},
-        }
+        sf = {"spot_diameter_fullres": size * float(lin[0, 0]), f"tissue_{name}_scalef": 1.0}
+        if bin_um is not None:  # Visium HD: the square's side in µm, as Space Ranger's scalefactors say it
+            sf["bin_size_um"] = bin_um
+        spatial[region] = {"images": {name: image}, "scalefactors": sf, "metadata": {"spatialdata_image": name}}
     view = ad.AnnData(obs=pd.DataFrame({library_key: pd.Categorical(lib)}, index=table.obs_names.copy()))
     for c in ("array_row", "array_col"):  # array indices: the spot lattice gives µm/px (kgl._geometry)
         if c in table.obs:
@@ -211,7 +250,7 @@ def objects_on_spatialdata(func: Callable, sdata: SpatialData, *, table_name: st
     ``f"{region}_{key}_glomeruli"`` with the tissue image's transformations (scalar columns only).
     """
     from spatialdata.models import ShapesModel
-    from spatialdata.transformations import get_transformation, get_transformation_between_coordinate_systems
+    from spatialdata.transformations import get_transformation
 
     key = kwargs.get("key", "glomerulus")
     view, _ = spatialdata_view(
@@ -221,8 +260,10 @@ def objects_on_spatialdata(func: Callable, sdata: SpatialData, *, table_name: st
         name = f"{region}_{key}"
         if name in sdata.images:
             tissue = sdata.images[meta["metadata"]["spatialdata_image"]]
-            t = get_transformation_between_coordinate_systems(sdata, sdata.images[name], tissue)
-            d = float(t.to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y"))[0, 0])
+            common = set(get_transformation(sdata.images[name], get_all=True)) & set(
+                get_transformation(tissue, get_all=True)
+            )
+            d = float(_affine_between(sdata.images[name], tissue, common)[0, 0])
             meta["images"][key] = np.asarray(sdata.images[name].data[0])
             meta["scalefactors"][f"tissue_{key}_scalef"] = 1.0 / d
     gdf = func(view, table_name=None, **kwargs)

@@ -143,6 +143,10 @@ def library_mpp(
 
         row = pd.to_numeric(adata.obs["array_row"], errors="coerce").to_numpy(dtype=np.float64)[mask]
         col = pd.to_numeric(adata.obs["array_col"], errors="coerce").to_numpy(dtype=np.float64)[mask]
+    if "bin_size_um" in sf:  # Visium HD bins: the lattice pitch is the bin size
+        from kgl._geometry import bin_mpp
+
+        return bin_mpp(coords, sf, array_row=row, array_col=col, image_mpp=image_mpp, where=f"library {library_id!r}")
     return spot_mpp(
         coords,
         sf,

@@ -4,6 +4,7 @@ from kgl.datasets._counts import GLOMERULAR_MARKERS, TUBULAR_MARKERS, simulate_c
 from kgl.datasets._fetch import DATASETS, data_dir, fetch_dataset
 from kgl.datasets._multistain import he_biopsy_slides, multistain_slides, pas_tiles_slides
 from kgl.datasets._pseudo_visium import he_biopsy_visium, pas_tiles_visium, pseudo_visium
+from kgl.datasets._pseudo_visium_hd import pseudo_visium_hd
 
 __all__ = [
     "DATASETS",
@@ -17,5 +18,6 @@ __all__ = [
     "pas_tiles_slides",
     "pas_tiles_visium",
     "pseudo_visium",
+    "pseudo_visium_hd",
     "simulate_counts",
 ]

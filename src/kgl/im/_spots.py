@@ -120,6 +120,8 @@ class SpotSet:
     img_key: str
     mpp: float
     mpp_info: SpotMpp | None = None
+    #: Visium HD: the side of the square bins in µm (``None``: Visium spots, 55-µm disks).
+    bin_um: float | None = None
 
     @property
     def image_mpp(self) -> float:
@@ -192,7 +194,8 @@ def spot_sets(
                 w,
                 h,
             )
-        sets.append(SpotSet(lib, idx, c, image, key, mpp, info))
+        bin_um = scalefactors(adata, lib, spatial_key).get("bin_size_um")
+        sets.append(SpotSet(lib, idx, c, image, key, mpp, info, None if bin_um is None else float(bin_um)))
     return sets
 
 

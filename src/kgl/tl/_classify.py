@@ -293,6 +293,13 @@ def classify_spots(
         trained_mpp=spec.coarsest_training_mpp,
     )
 
+    hd = [s.library_id for s in sets if s.bin_um is not None]
+    if hd and spec.task != "segment":
+        raise ValueError(
+            f"Library {hd[0]!r} holds Visium HD bins ({sets[0].bin_um:g} µm): a patch classifier such as "
+            f"{spec.name or spec.backbone!r} sees a {patch_um:g}-µm patch per bin, which says nothing about the bin "
+            "itself. Use a map model (model='kgl-glom-map-v1'): each bin gets the map's mean over its square."
+        )
     if spec.task == "segment":  # a dense map: per-spot fractions, the rest of the contract unchanged
         from kgl.tl._map import _MapRun
 
@@ -405,9 +412,11 @@ class _Run:
                 res.extra.setdefault(suffix, np.full(n_obs, np.nan, dtype=np.float32))[spots.index] = values
             if "threshold" in info:
                 res.thresholds[spots.index] = info["threshold"]
-            if res.emb is None:
+            if res.emb is None and e is not None:  # HD bins have none (a bin is smaller than a feature cell)
                 res.emb = np.full((n_obs, e.shape[1]), np.nan, dtype=np.float32)
-            res.proba[spots.index], res.emb[spots.index], res.inside[spots.index] = p, e, f
+            if e is not None:
+                res.emb[spots.index] = e
+            res.proba[spots.index], res.inside[spots.index] = p, f
             res.per_lib[spots.library_id] = info
             if (f < 1.0).any():
                 logger.info(
@@ -534,6 +543,9 @@ def _write(adata: Any, res: _Result, spec: Any, params: dict[str, Any], *, key_a
     if "fraction" not in res.extra and f"{key_added}_fraction" in adata.obs:  # an earlier map run's: now stale
         logger.info("obs[%r] of an earlier map run is dropped: these calls come from patches.", f"{key_added}_fraction")
         del adata.obs[f"{key_added}_fraction"]
-    save_data(adata, attr="obsm", key=f"X_{key_added}", data=res.emb)
+    if res.emb is not None:
+        save_data(adata, attr="obsm", key=f"X_{key_added}", data=res.emb)
+    elif f"X_{key_added}" in adata.obsm:  # an earlier run's embedding: stale next to these calls
+        del adata.obsm[f"X_{key_added}"]
     adata.uns[key_added] = {"params": params}
     adata.uns[f"{key_added}_colors"] = [_COLORS.get(c, "#1f77b4") for c in (negative, positive)]

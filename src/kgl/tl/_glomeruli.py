@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from kgl._docs import d
-from kgl._geometry import SPOT_DIAMETER_UM, spot_coverage
+from kgl._geometry import SPOT_DIAMETER_UM, spot_coverage, square_coverage
 from kgl._spatialdata import accepts_spatialdata
 from kgl._types import Precision
 
@@ -114,7 +114,7 @@ def glomeruli(
     pixel frame of ``obsm[spatial_key]`` (pixel centres at integers; :func:`kgl.io.write_geojson`
     writes it for QuPath), with ``library_id``, ``area_um2``, ``diameter_um`` (equivalent circle),
     ``mean_proba`` (the map's mean inside), ``n_spots``, ``spots`` (barcodes of the spots whose
-    55-µm disk it overlaps) and ``spot_fractions`` (the share of each of those disks it covers).
+    55-µm disk, or Visium HD bin square, it overlaps) and ``spot_fractions`` (the share of each it covers).
     ``attrs`` holds ``mpp`` per library and the parameters.
 
     """
@@ -133,14 +133,17 @@ def glomeruli(
         mpp = spots.mpp
         min_px = min_area_um2 / (ds * mpp) ** 2
         polys, means = map_polygons(proba, downsample=ds, threshold=threshold, min_area_px=min_px)
-        radius = SPOT_DIAMETER_UM / 2 / mpp
+        radius = SPOT_DIAMETER_UM / 2 / mpp if spots.bin_um is None else spots.bin_um / mpp / np.sqrt(2)
         names = adata.obs_names[spots.index].to_numpy()
         for poly, mean in zip(polys, means, strict=True):
             x0, y0, x1, y1 = poly.bounds
             c = spots.centers
             near = np.flatnonzero((c[:, 0] > x0 - radius) & (c[:, 0] < x1 + radius) & (c[:, 1] > y0 - radius)
                                   & (c[:, 1] < y1 + radius))  # fmt: skip
-            cov = spot_coverage(c[near], [poly], radius)
+            if spots.bin_um is None:
+                cov = spot_coverage(c[near], [poly], radius)
+            else:  # Visium HD: the bin's square
+                cov = square_coverage(c[near], spots.bin_um / mpp, [poly])
             hit = cov > 0
             area = poly.area * mpp**2
             rows.append({"library_id": spots.library_id, "area_um2": area, "diameter_um": 2 * np.sqrt(area / np.pi),
