@@ -18,6 +18,7 @@ kgl finds kidney glomeruli in Visium sections. For every spot it writes a glomer
 a probability and a CNN embedding into the AnnData (obs/obsm), the same as kgl.tl.classify_spots.
 
   kgl classify <visium folder | data.h5ad | data.zarr> --out result.h5ad
+  kgl classify IN1 IN2 ... --out-dir results/ [--workers 2]   # many samples, one task each
   kgl train                        # train kgl's default glomerulus model (kgl-glom-v2; minutes on 2 CPU cores)
   kgl evaluate-recipe --out runs/  # the evaluation protocol: seeds x held-out sets (multistain, PAS, H&E)
   kgl demo --out kgl-demo          # classify the PAS-tiles and H&E pseudo-Visium, report, plot
@@ -58,10 +59,20 @@ def _parser() -> argparse.ArgumentParser:
         description="Call every spot of a Visium sample glomerulus/other from its tissue image and write the "
         "annotated data (obs[KEY], obs[KEY_proba], obs[KEY_in_image], obsm[X_KEY], uns[KEY]).",
     )
-    c.add_argument("input", help="Space Ranger output folder (with spatial/), an .h5ad file or a SpatialData .zarr")
     c.add_argument(
-        "--out", required=True, help="output .h5ad (or .zarr for SpatialData input); never overwrites the input"
+        "input",
+        nargs="+",
+        help="Space Ranger output folder (with spatial/), an .h5ad file or a SpatialData .zarr; several with "
+        "--out-dir, or a sample sheet .csv (columns: input, optionally fullres_image)",
     )
+    c.add_argument("--out", default=None, help="output .h5ad (or .zarr for SpatialData input) of a single input")
+    c.add_argument(
+        "--out-dir",
+        default=None,
+        help="folder for many inputs: <input stem>.h5ad (.zarr for SpatialData) each, written atomically",
+    )
+    c.add_argument("--workers", type=int, default=None, help="with --out-dir: run samples on a local dask cluster")
+    c.add_argument("--scheduler", default=None, help="with --out-dir: address of a running dask.distributed scheduler")
     c.add_argument("--fullres-image", default=None, help="full-resolution tissue image (TIFF) for a Visium folder")
     c.add_argument("--library-id", default=None, help="sample to classify (default: all)")
     c.add_argument("--img-key", default=None, help="fullres, hires or lowres (default: highest resolution available)")
@@ -243,9 +254,69 @@ def _summary(adata: AnnData, key: str, seconds: float) -> str:
     return "\n".join(lines)
 
 
+def _inputs(args: argparse.Namespace) -> tuple[list[str], list[str | None]]:
+    """The inputs and their full-res images: the paths given, or a sample sheet's rows."""
+    if len(args.input) == 1 and args.input[0].endswith(".csv"):
+        import pandas as pd
+
+        sheet = pd.read_csv(args.input[0])
+        if "input" not in sheet:
+            cols = list(sheet.columns)
+            raise SystemExit(f"kgl: error: sample sheet {args.input[0]!r} has no 'input' column (it has {cols}).")
+        fullres = sheet["fullres_image"] if "fullres_image" in sheet else [None] * len(sheet)
+        return [str(p) for p in sheet["input"]], [None if pd.isna(f) else str(f) for f in fullres]
+    return list(args.input), [args.fullres_image] * len(args.input)
+
+
+def _cmd_classify_many(args: argparse.Namespace, inputs: list[str], fullres: list[str | None]) -> int:
+    """``kgl classify IN1 IN2 ... --out-dir DIR [--workers N | --scheduler ADDRESS]``: one row per sample."""
+    import kgl
+
+    if args.out is not None or args.plot:
+        raise SystemExit("kgl: error: --out and --plot are for one input; --out-dir takes many.")
+    if args.workers is not None and args.scheduler is not None:
+        raise SystemExit("kgl: error: give --workers (a local cluster) or --scheduler (a running one), not both.")
+    kwargs = {**_classify_kwargs(args), "library_id": args.library_id, "img_key": args.img_key,
+              "allow_upsampling": args.allow_upsampling}  # fmt: skip
+    show = kwargs.pop("show_progress")
+    t0 = time.perf_counter()
+    if args.workers is None and args.scheduler is None:
+        table = kgl.recipes.classify_files(inputs, args.out_dir, fullres_images=fullres, show_progress=show, **kwargs)
+    else:
+        from distributed import Client, LocalCluster
+
+        if args.scheduler is not None:
+            with Client(args.scheduler) as client:
+                table = kgl.recipes.classify_files(inputs, args.out_dir, client=client, fullres_images=fullres,
+                                                   show_progress=show, **kwargs)  # fmt: skip
+        else:
+            with LocalCluster(n_workers=args.workers, threads_per_worker=1, dashboard_address=None) as cluster, \
+                    Client(cluster) as client:  # fmt: skip
+                table = kgl.recipes.classify_files(inputs, args.out_dir, client=client, fullres_images=fullres,
+                                                   show_progress=show, **kwargs)  # fmt: skip
+    for _, r in table.iterrows():
+        what = f"{r['n_glomerulus']} glomerulus / {r['n_spots']} spots" if r["status"] == "ok" else r["error"]
+        print(f"{r['status']:6} {r['input']} -> {r['output'] if r['status'] == 'ok' else '-'}: {what} "
+              f"({r['seconds']:.1f} s, {r['worker']})")  # fmt: skip
+    failed = table[table["status"] != "ok"]
+    print(
+        f"{len(table) - len(failed)} of {len(table)} samples written to {args.out_dir} in "
+        f"{time.perf_counter() - t0:.1f} s" + (f"; failed: {', '.join(failed['input'])}" if len(failed) else "")
+    )
+    return 1 if len(failed) else 0
+
+
 def _cmd_classify(args: argparse.Namespace) -> int:
     import kgl
 
+    inputs, fullres = _inputs(args)
+    if args.out_dir is not None:
+        return _cmd_classify_many(args, inputs, fullres)
+    if args.out is None or len(inputs) != 1:
+        raise SystemExit("kgl: error: give --out for one input, or --out-dir for several.")
+    if args.workers is not None or args.scheduler is not None:
+        raise SystemExit("kgl: error: --workers / --scheduler run many inputs: use --out-dir.")
+    args.input, args.fullres_image = inputs[0], fullres[0]
     inp, out = Path(args.input), Path(args.out)
     _check_out(inp, out)
     data = _read_input(inp, args.fullres_image)

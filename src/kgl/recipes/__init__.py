@@ -1,4 +1,4 @@
-"""Recipes: kgl's shipped training recipe and the protocol that chose it.
+"""Recipes: kgl's shipped training recipe, the protocol that chose it, and classifying many samples.
 
 Application code over the rooms, as torchvision's ``references/``, but importable: it drives
 :mod:`kgl.datasets` (the training and test sets), :mod:`kgl.tl` (training, classification,
@@ -6,6 +6,7 @@ metrics) and :mod:`kgl.pl` (the figures of a run). No room imports it; ``kgl tra
 ``kgl evaluate-recipe`` call it.
 """
 
+from kgl.recipes._cohort import classify_file, classify_files, read_sample, write_sample
 from kgl.recipes._map import (
     MAP_MODEL,
     map_training_slides,
@@ -24,9 +25,12 @@ __all__ = [
     "HE_CASES",
     "MAP_MODEL",
     "TTA_VARIANTS",
+    "classify_file",
+    "classify_files",
     "evaluate_recipe",
     "map_training_slides",
     "object_scores",
+    "read_sample",
     "rescore_protocol",
     "score_map_model",
     "score_map_protocol",
@@ -35,4 +39,5 @@ __all__ = [
     "train_default_model",
     "train_map_model",
     "train_model",
+    "write_sample",
 ]
