@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from run import BENCH_DIR
+from run import BENCH_DIR, pas_tile_images
 
 
 def _peak_rss_mb() -> float:
@@ -40,21 +40,11 @@ def _peak_rss_mb() -> float:
 def _build(n_side: int) -> Path:
     """The pseudo HD sample of ``n_side``² PAS tiles (rotated repeats), cached under BENCH_DIR."""
     import kgl
-    from kgl._settings import settings
 
     store = BENCH_DIR / f"hd{n_side}" / "bench_hd.zarr"
     if store.exists():
         return store
-    from PIL import Image
-
-    root = settings.find_data("glomeruli-pas-tiles")
-    ids = sorted(p.stem for p in (root / "images").glob("*.png"))
-    images, masks = [], []
-    for k in range(n_side**2):
-        i = ids[k % len(ids)]
-        r = (k // len(ids)) % 4
-        images.append(np.ascontiguousarray(np.rot90(np.asarray(Image.open(root / "images" / f"{i}.png").convert("RGB")), r)))
-        masks.append(np.ascontiguousarray(np.rot90(np.asarray(Image.open(root / "masks" / f"{i}.png").convert("L")) > 0, r)))
+    images, masks = pas_tile_images(n_side**2)
     t0 = time.perf_counter()
     kgl.datasets.pseudo_visium_hd(images, masks, mpp=0.5, path=store.parent, dataset_id="bench_hd", bin_sizes=(8, 16),
                                   layout=(n_side, n_side))  # fmt: skip
@@ -103,12 +93,13 @@ def _per_bin_patches(sdata: object, table: object) -> dict:
     prep = REGISTRY[PATCH_MODEL].preprocessing
     net = build_model("mobilenet_v2", weights=None, patch_um=prep.patch_um, input_size=prep.input_size)
     dev = resolve_device("auto")
+    amp = autocast_dtype(dev, "auto")
     run = _Run(net, net.spec, patch_um=prep.patch_um, input_size=prep.input_size, batch_size=64, num_workers=0,
-               device=dev, amp=autocast_dtype(dev, "auto"), adapt_bn=False, stain_norm=None, show_progress=False)  # fmt: skip
+               device=dev, amp=amp, adapt_bn=False, stain_norm=None, show_progress=False)  # fmt: skip
     t0 = time.perf_counter()
     run.library(spots, None)
     dt = time.perf_counter() - t0
-    return {"s": dt, "n_subset": int(len(keep)), "n": int(table.n_obs), "s_all": dt * table.n_obs / len(keep)}
+    return {"s": dt, "n_subset": len(keep), "n": int(table.n_obs), "s_all": dt * table.n_obs / len(keep)}
 
 
 def main() -> None:

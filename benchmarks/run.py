@@ -26,25 +26,30 @@ from kgl.models import PATCH_MODEL
 BENCH_DIR = Path(tempfile.gettempdir()) / "kgl-bench"
 
 
+def pas_tile_images(n: int, shift: int = 0) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """``n`` PAS tiles and their glomerulus masks, repeats rotated so that a mosaic is not periodic."""
+    from PIL import Image
+
+    from kgl._settings import settings
+
+    root = settings.find_data("glomeruli-pas-tiles")
+    ids = sorted(p.stem for p in (root / "images").glob("*.png"))
+    images, masks = [], []
+    for k in range(n):
+        i = ids[(k + shift) % len(ids)]
+        r = ((k + shift) // len(ids) + shift) % 4
+        img = np.asarray(Image.open(root / "images" / f"{i}.png").convert("RGB"))
+        msk = np.asarray(Image.open(root / "masks" / f"{i}.png").convert("L")) > 0
+        images.append(np.ascontiguousarray(np.rot90(img, r)))
+        masks.append(np.ascontiguousarray(np.rot90(msk, r)))
+    return images, masks
+
+
 def _capture_area(n_tiles_side: int, target_mpp: float = 0.5) -> object:
     """A pseudo-Visium of ``n_tiles_side``² PAS tiles (flipped/rotated copies), full-res TIFF on disk."""
     import kgl
-    from kgl._settings import settings
-    from kgl.io import read_mask
 
-    root = settings.find_data("glomeruli-pas-tiles")
-    from PIL import Image
-
-    ids = sorted(p.stem for p in (root / "images").glob("*.png"))
-    images, masks = [], []
-    for k in range(n_tiles_side**2):
-        i = ids[k % len(ids)]
-        img = np.asarray(Image.open(root / "images" / f"{i}.png").convert("RGB"))
-        msk = np.asarray(Image.open(root / "masks" / f"{i}.png").convert("L")) > 0
-        r = (k // len(ids)) % 4  # rotate repeats so the mosaic is not periodic
-        images.append(np.ascontiguousarray(np.rot90(img, r)))
-        masks.append(np.ascontiguousarray(np.rot90(msk, r)))
-    del read_mask
+    images, masks = pas_tile_images(n_tiles_side**2)
     return kgl.datasets.pseudo_visium(
         images,
         masks,
