@@ -466,10 +466,11 @@ def square_means(
     square costs four lookups, however large (exact up to float64 rounding). Parts off the image are
     missing, not zero: the mean is over the part on the image (``NaN`` when none is).
     """
-    img = np.asarray(image, dtype=np.float64)
+    img = np.asarray(image)
     h, w = img.shape
-    sat = np.zeros((h + 1, w + 1))
-    np.cumsum(np.cumsum(img, axis=0), axis=1, out=sat[1:, 1:])
+    sat = np.zeros((h + 1, w + 1))  # float64: a map's sums reach ~10⁷, beyond float32's exact integers
+    np.cumsum(img, axis=0, dtype=np.float64, out=sat[1:, 1:])  # no float64 copy of the map itself
+    np.cumsum(sat[1:, 1:], axis=1, out=sat[1:, 1:])
     c = (np.asarray(centers, dtype=np.float64).reshape(-1, 2) - origin) / pixel  # pixel edges at integers
     half = float(side) / pixel / 2
 

@@ -129,7 +129,11 @@ def pseudo_visium_hd(
                   "canvas_shape": [height, width], "n_images": len(images)}  # fmt: skip
         table.uns["pseudo_visium_hd"] = {"params": params, "glomeruli_wkt": wkt}
     store = root / f"{dataset_id}.zarr"
-    sdata.write(store, overwrite=True)
+    import warnings
+
+    with warnings.catch_warnings():  # zarr announces a future default once per array: not the user's concern
+        warnings.filterwarnings("ignore", message=".*autosharding.*", category=UserWarning)
+        sdata.write(store, overwrite=True)
     logger.info(
         "pseudo Visium HD %r: %d images → %d × %d px at %.3g µm/px; bins %s; %d glomeruli.",
         dataset_id, len(images), width, height, mpp_out,
