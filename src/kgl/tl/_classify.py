@@ -420,8 +420,9 @@ class _Run:
             res.per_lib[spots.library_id] = info
             if (f < 1.0).any():
                 logger.info(
-                    "%d spots of %r have patches partly outside the image (padded; see obs[%r]).",
+                    "%d %s of %r lie partly outside the image (padded; see obs[%r]).",
                     int((f < 1.0).sum()),
+                    "spots' patches" if getattr(spots, "bin_um", None) is None else "bins",
                     spots.library_id,
                     f"{key_added}_in_image",
                 )
