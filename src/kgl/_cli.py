@@ -46,13 +46,8 @@ def _add_model_args(p: argparse.ArgumentParser, default_model: str | None) -> No
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="kgl", description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--version", action="store_true", help="print the version and exit")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
+def _add_classify_parser(sub: Any) -> None:
+    """``kgl classify``: one sample (``--out``) or many (``--out-dir``, optionally on a dask cluster)."""
     c = sub.add_parser(
         "classify",
         help="call glomerulus spots in a Visium sample",
@@ -83,6 +78,16 @@ def _parser() -> argparse.ArgumentParser:
         help="classify even when the image is more than 2x coarser than the model needs (by default an error)",
     )
     _add_model_args(c, None)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kgl", description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    _add_classify_parser(sub)
 
     t = sub.add_parser(
         "train",
