@@ -70,6 +70,9 @@ def _add_classify_parser(sub: Any) -> None:
     c.add_argument("--scheduler", default=None, help="with --out-dir: address of a running dask.distributed scheduler")
     c.add_argument("--fullres-image", default=None, help="full-resolution tissue image (TIFF) for a Visium folder")
     c.add_argument("--library-id", default=None, help="sample to classify (default: all)")
+    c.add_argument(
+        "--table-name", default=None, help="SpatialData table to annotate, e.g. square_008um for Visium HD bins"
+    )
     c.add_argument("--img-key", default=None, help="fullres, hires or lowres (default: highest resolution available)")
     c.add_argument("--plot", default=None, help="also write kgl.pl.spatial_glom to this PNG")
     c.add_argument(
@@ -268,8 +271,13 @@ def _inputs(args: argparse.Namespace) -> tuple[list[str], list[str | None]]:
         if "input" not in sheet:
             cols = list(sheet.columns)
             raise SystemExit(f"kgl: error: sample sheet {args.input[0]!r} has no 'input' column (it has {cols}).")
+        if args.fullres_image is not None:
+            raise SystemExit("kgl: error: with a sample sheet, give each input's image in its 'fullres_image' column.")
+        here = Path(args.input[0]).parent  # the sheet's paths are relative to the sheet
         fullres = sheet["fullres_image"] if "fullres_image" in sheet else [None] * len(sheet)
-        return [str(p) for p in sheet["input"]], [None if pd.isna(f) else str(f) for f in fullres]
+        return [str(here / p) for p in sheet["input"]], [None if pd.isna(f) else str(here / f) for f in fullres]
+    if args.fullres_image is not None and len(args.input) > 1:
+        raise SystemExit("kgl: error: --fullres-image is for one input; for several, use a sample sheet .csv.")
     return list(args.input), [args.fullres_image] * len(args.input)
 
 
@@ -282,7 +290,7 @@ def _cmd_classify_many(args: argparse.Namespace, inputs: list[str], fullres: lis
     if args.workers is not None and args.scheduler is not None:
         raise SystemExit("kgl: error: give --workers (a local cluster) or --scheduler (a running one), not both.")
     kwargs = {**_classify_kwargs(args), "library_id": args.library_id, "img_key": args.img_key,
-              "allow_upsampling": args.allow_upsampling}  # fmt: skip
+              "allow_upsampling": args.allow_upsampling, "table_name": args.table_name}  # fmt: skip
     show = kwargs.pop("show_progress")
     t0 = time.perf_counter()
     if args.workers is None and args.scheduler is None:
@@ -331,13 +339,16 @@ def _cmd_classify(args: argparse.Namespace) -> int:
         library_id=args.library_id,
         img_key=args.img_key,
         allow_upsampling=args.allow_upsampling,
+        table_name=args.table_name,
         **_classify_kwargs(args),
     )
     dt = time.perf_counter() - t0
     _write(data, out)
     from kgl._spatialdata import is_spatialdata
 
-    table = next(iter(data.tables.values())) if is_spatialdata(data) else data
+    table = data
+    if is_spatialdata(data):
+        table = data.tables[args.table_name] if args.table_name else next(iter(data.tables.values()))
     print(_summary(table, args.key_added, dt))
     if args.plot:
         kgl.pl.spatial_glom(data, key=args.key_added, save=args.plot)

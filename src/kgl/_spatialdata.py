@@ -73,10 +73,17 @@ def _affine_between(src: Any, dst: Any, common: set[str]) -> np.ndarray:
     return np.linalg.inv(to_cs[1]) @ to_cs[0]
 
 
-def _square_bin_um(shapes: Any, region: str, table_name: str) -> float:
-    """The bin size (µm) of Visium HD square shapes, from their name (``..._square_008um``), or an error."""
+def _bin_um(shapes: Any, region: str, table_name: str) -> float | None:
+    """The bin size (µm) of Visium HD bins, from their name (``..._square_008um``); ``None`` for Visium spot circles.
+
+    HD bins are recognised by name whatever their geometry (``visium_hd(bins_as_squares=False)``
+    reads them as circles); polygons must be axis-aligned squares and name their size.
+    """
     import re
 
+    m = re.search(r"square_(\d+)um", f"{region} {table_name}")
+    if "radius" in shapes.columns:
+        return None if m is None else float(int(m.group(1)))
     geom = shapes.geometry
     if len(geom) == 0 or not (geom.geom_type == "Polygon").all():
         raise ValueError(
@@ -87,7 +94,6 @@ def _square_bin_um(shapes: Any, region: str, table_name: str) -> float:
     w, h = (b["maxx"] - b["minx"]).to_numpy(), (b["maxy"] - b["miny"]).to_numpy()
     if not (np.allclose(w, h, rtol=1e-3) and np.allclose(geom.area.to_numpy(), w * h, rtol=1e-3)):
         raise ValueError(f"Shapes {region!r} are polygons but not axis-aligned squares: not Visium HD bins.")
-    m = re.search(r"square_(\d+)um", f"{region} {table_name}")
     if m is None:
         raise ValueError(
             f"Shapes {region!r} are squares, but neither they nor table {table_name!r} name a bin size "
@@ -124,7 +130,7 @@ def spatialdata_view(
                 f"circles. Shapes: {list(sdata.shapes)}."
             )
         shapes = sdata.shapes[region]
-        bin_um = None if "radius" in shapes.columns else _square_bin_um(shapes, region, table_name)
+        bin_um = _bin_um(shapes, region, table_name)
         from spatialdata.transformations import get_transformation
 
         shape_cs = set(get_transformation(shapes, get_all=True))
@@ -154,11 +160,11 @@ def spatialdata_view(
                 f"{len(missing)} table rows point at instances missing from shapes {region!r} (e.g. {missing[0]!r})."
             )
         geo = shapes.loc[inst]
-        centre = geo.geometry if bin_um is None else geo.geometry.centroid
+        centre = geo.geometry if "radius" in geo.columns else geo.geometry.centroid
         xy = np.c_[centre.x.to_numpy(), centre.y.to_numpy(), np.ones(len(geo))] @ to_img.T
         coords[rows] = xy[:, :2]
         lib[rows] = region
-        if bin_um is None:
+        if "radius" in geo.columns:  # Visium spots, or HD bins read as circles (bins_as_squares=False)
             size = 2.0 * float(np.median(geo["radius"].to_numpy()))
         else:
             b = geo.geometry.bounds

@@ -64,3 +64,22 @@ def test_cli_many_inputs_exit_code_names_the_failure(cohort, tmp_path, capsys):
     assert (tmp_path / "o" / "s0.h5ad").is_file() and not (tmp_path / "o" / "broken.h5ad").exists()
     with pytest.raises(SystemExit, match="--out for one input"):
         main(["classify", *map(str, paths), "--out", str(tmp_path / "x.h5ad")])
+
+
+def test_cli_runs_samples_on_a_running_scheduler(cohort, tmp_path, capsys):
+    distributed = pytest.importorskip("distributed")
+    paths, ckpt = cohort
+    good = [str(paths[0]), str(paths[2])]
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, host="127.0.0.1", dashboard_address=None) as c:
+        rc = main(["classify", *good, "--out-dir", str(tmp_path / "o"), "--model", str(ckpt), "--quiet",
+                   "--scheduler", c.scheduler_address])  # fmt: skip
+    out = capsys.readouterr().out
+    assert rc == 0 and "2 of 2 samples written" in out and ", local)" not in out  # ran on the cluster's worker
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["s0.h5ad", "s1.h5ad"]
+
+
+def test_space_ranger_outs_folders_are_named_by_their_sample(tmp_path):
+    from kgl.recipes._cohort import output_path
+
+    assert output_path(tmp_path / "S1" / "outs", tmp_path / "r").name == "S1.h5ad"
+    assert output_path(tmp_path / "a.zarr", tmp_path / "r").name == "a.zarr"

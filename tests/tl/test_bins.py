@@ -99,3 +99,14 @@ def test_map_and_glomeruli_on_hd_bins(hd):
     assert len(gdf) == 1 and gdf["area_um2"].iloc[0] == pytest.approx(np.pi * (r * 0.5) ** 2, rel=0.02)
     # the bins' square shares add up to the glomerulus' area
     assert sum(gdf["spot_fractions"].iloc[0]) * 16**2 == pytest.approx(gdf["area_um2"].iloc[0], rel=0.02)
+
+
+def test_hd_zarr_through_classify_files(hd, tmp_path):
+    # a whole HD sample as a file: the table named is the one annotated and counted
+    net = red_fraction_segmenter(mpp=0.5, input_size=64)
+    table = kgl.recipes.classify_files([hd.path], tmp_path / "out", model=net, table_name="square_016um",
+                                       show_progress=False, precision="fp32")  # fmt: skip
+    row = table.iloc[0]
+    assert row["status"] == "ok", row["error"]
+    assert row["n_spots"] == hd.tables["square_016um"].n_obs and row["n_glomerulus"] > 10
+    assert row["output"].endswith(".zarr")

@@ -68,3 +68,8 @@ def test_glomerulus_map_on_a_distributed_cluster():
     assert a.shape == b.shape and a.std() > 0
     np.testing.assert_array_equal(b, a)
     assert lazy.uns["glomerulus_map"]["params"]["use_dask"] is True
+
+
+def test_dask_needs_tiles_four_halos_wide():
+    with pytest.raises(ValueError, match="at least 4 × halo"):
+        _maps(_sample(), red_fraction_segmenter(), batch_size=2, tile_size=160, halo=64)

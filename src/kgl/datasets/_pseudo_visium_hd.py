@@ -117,14 +117,16 @@ def pseudo_visium_hd(
     for b in sizes:
         pos, cov = _bins(frame, (height, width), mpp_out, b, offset_um, glomeruli)
         _write_bins(outs / "binned_outputs" / f"square_{b:03d}um", pos, cov, b, mpp_out, sf, library_size, seed)
-        truth[f"square_{b:03d}um"] = cov
+        truth[f"square_{b:03d}um"] = pd.Series(cov, index=pos["barcode"].to_numpy())
     full = outs / f"{dataset_id}_tissue_image.tif"
     sdata = visium_hd(outs, dataset_id=dataset_id, fullres_image_file=full, load_segmentations_only=False,
                       image_models_kwargs={"chunks": (3, chunk_px, chunk_px)})  # fmt: skip
     wkt = np.asarray([shapely.to_wkt(g, rounding_precision=3) for g in glomeruli], dtype=str)
     for name, cov in truth.items():
         table = sdata.tables[name]
-        table.obs["glomerulus_coverage"] = cov[: table.n_obs]  # rows in the written order (all bins kept)
+        if len(cov) != table.n_obs or not cov.index.isin(table.obs_names).all():
+            raise RuntimeError(f"spatialdata_io read {table.n_obs} {name} bins of the {len(cov)} written.")
+        table.obs["glomerulus_coverage"] = cov.reindex(table.obs_names).to_numpy()  # by barcode
         params = {"mpp": mpp_out, "seed": int(seed), "offset_um": offset_um.tolist(), "bin_um": int(name[7:10]),
                   "canvas_shape": [height, width], "n_images": len(images)}  # fmt: skip
         table.uns["pseudo_visium_hd"] = {"params": params, "glomeruli_wkt": wkt}

@@ -48,7 +48,10 @@ def read_sample(path: str | os.PathLike, fullres_image: str | os.PathLike | None
 def output_path(path: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     """``out_dir / <stem>.h5ad`` for an AnnData input, ``.zarr`` for a SpatialData one (by the input's suffix)."""
     path = Path(path)
-    return Path(out_dir) / f"{path.stem if path.suffix else path.name}{'.zarr' if path.suffix == '.zarr' else '.h5ad'}"
+    stem = path.stem if path.suffix else path.name
+    if stem == "outs":  # Space Ranger's SAMPLE/outs: the sample is the folder above
+        stem = path.resolve().parent.name
+    return Path(out_dir) / f"{stem}{'.zarr' if path.suffix == '.zarr' else '.h5ad'}"
 
 
 def write_sample(data: Any, out: str | os.PathLike) -> Path:
@@ -69,12 +72,12 @@ def write_sample(data: Any, out: str | os.PathLike) -> Path:
     ensure_dir(out.parent, what=f"output {out.name!r}")
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp.zarr")
     try:
-        data.write(tmp, overwrite=True)
+        data.write(tmp, overwrite=True, update_sdata_path=False)  # the object does not point at the temporary
         if out.exists():  # a folder cannot be renamed over another: move the old one aside first
             old = out.with_name(f".{out.name}.{os.getpid()}.old")
             os.replace(out, old)
             os.replace(tmp, out)
-            shutil.rmtree(old)
+            shutil.rmtree(old, ignore_errors=True)  # the new output is in place: a leftover is not a failure
         else:
             os.replace(tmp, out)
     finally:
@@ -101,10 +104,14 @@ def classify_file(
         _limit_threads()
         data = read_sample(path, fullres_image)
         kgl.tl.classify_spots(data, **kwargs)
-        write_sample(data, out)
-        table = next(iter(data.tables.values())) if is_spatialdata(data) else data
         key = kwargs.get("key_added", "glomerulus")
-        row.update(status="ok", n_spots=int(table.n_obs), n_glomerulus=int((table.obs[key] == "glomerulus").sum()))
+        table = data.tables[kwargs["table_name"]] if is_spatialdata(data) and kwargs.get("table_name") else data
+        if is_spatialdata(table):  # one table (classify_spots refused several without table_name)
+            table = next(iter(table.tables.values()))
+        calls = table.obs[key]
+        n_pos = int((calls == calls.cat.categories[-1]).sum())  # the positive class is the last category
+        write_sample(data, out)  # last: a sample counted as written is written
+        row.update(status="ok", n_spots=int(table.n_obs), n_glomerulus=n_pos)
     except Exception as e:  # one sample's failure must not stop the cohort: it is reported in its row
         row.update(status="failed", error=f"{type(e).__name__}: {e}")
         logger.debug("sample %s failed:\n%s", path, traceback.format_exc())
@@ -148,12 +155,14 @@ def classify_files(
     """
     from tqdm.auto import tqdm
 
-    paths = [Path(p) for p in inputs]
+    paths = [Path(p).resolve() for p in inputs]  # workers elsewhere (--scheduler) get absolute paths
     if not paths:
         raise ValueError("No inputs to classify.")
     fullres = list(fullres_images) if fullres_images is not None else [None] * len(paths)
+    fullres = [None if f is None else str(Path(f).resolve()) for f in fullres]
     if len(fullres) != len(paths):
         raise ValueError(f"fullres_images has {len(fullres)} entries for {len(paths)} inputs.")
+    out_dir = Path(out_dir).resolve()
     outs = [output_path(p, out_dir) for p in paths]
     dup = pd.Index([str(o) for o in outs])
     if dup.has_duplicates:

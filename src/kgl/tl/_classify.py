@@ -293,10 +293,10 @@ def classify_spots(
         trained_mpp=spec.coarsest_training_mpp,
     )
 
-    hd = [s.library_id for s in sets if s.bin_um is not None]
+    hd = [s for s in sets if s.bin_um is not None]
     if hd and spec.task != "segment":
         raise ValueError(
-            f"Library {hd[0]!r} holds Visium HD bins ({sets[0].bin_um:g} µm): a patch classifier such as "
+            f"Library {hd[0].library_id!r} holds Visium HD bins ({hd[0].bin_um:g} µm): a patch classifier such as "
             f"{spec.name or spec.backbone!r} sees a {patch_um:g}-µm patch per bin, which says nothing about the bin "
             "itself. Use a map model (model='kgl-glom-map-v1'): each bin gets the map's mean over its square."
         )

@@ -157,7 +157,7 @@ def _shared(obj: Any) -> Any:
 
         client = get_client()
     except (ImportError, ValueError):  # no distributed, or no client: the local schedulers share memory
-        return dask.delayed(obj, pure=True)
+        return dask.delayed(obj, pure=False)  # a random key: tokenising would pickle the model and the image
     return dask.delayed(client.scatter(obj, broadcast=True, hash=False))
 
 
@@ -192,6 +192,8 @@ def dask_map_arrays(model: Any, tiles: Any, runs: list[list[int]], *, device: An
     from kgl.im import blend_block
 
     size, halo = tiles.size, tiles.halo
+    if size < 4 * halo:  # blend_block adds the 8 neighbours only: a core pixel must be within reach of no others
+        raise ValueError(f"On Dask, tile_size ({size}) must be at least 4 × halo ({halo}); raise it or lower halo.")
     n_r = tiles.tile_shape[0]
     per_row = len(runs) // n_r
     model_d, tiles_d = _shared(model), _shared(tiles)
@@ -200,8 +202,8 @@ def dask_map_arrays(model: Any, tiles: Any, runs: list[list[int]], *, device: An
     for i in range(n_r):
         row_p, row_f = [], []
         for run in runs[i * per_row : (i + 1) * per_row]:
-            task = dask.delayed(_dask_run, pure=True, nout=2)(model_d, tiles_d, run, device=device, amp=amp,
-                                                              features=features)  # fmt: skip
+            task = dask.delayed(_dask_run, pure=False, nout=2)(model_d, tiles_d, run, device=device, amp=amp,
+                                                               features=features)  # fmt: skip
             row_p.append(da.from_delayed(task[0], shape=(2, size, len(run) * size), dtype=np.float32))
             if features:
                 row_f.append(da.from_delayed(task[1], shape=(n_feat + 1, size // 32, len(run) * size // 32),
