@@ -34,6 +34,10 @@ class _Settings:
         A mirror of the data sets laid out like the data folder (``$KGL_DATA_URL``); ``None``
         downloads missing data sets from their public GitHub repositories at pinned commits
         (:func:`kgl.datasets.fetch_dataset`).
+    source_url
+        The raw-content host in front of ``/<repository>/<commit>/<source_path>`` for those
+        downloads (``$KGL_SOURCE_URL``); ``None`` is GitHub's, ``https://raw.githubusercontent.com``.
+        Checksums are those of the public files either way.
 
     """
 
@@ -42,6 +46,7 @@ class _Settings:
         default_factory=lambda: Path(os.environ["KGL_DATA_DIR"]) if "KGL_DATA_DIR" in os.environ else None
     )
     data_url: str | None = field(default_factory=lambda: os.environ.get("KGL_DATA_URL") or None)
+    source_url: str | None = field(default_factory=lambda: os.environ.get("KGL_SOURCE_URL") or None)
 
     def data_candidates(self) -> list[Path]:
         """Folders searched, in order, for the development data."""
