@@ -34,6 +34,16 @@ def state_dict_sha256(model: nn.Module) -> str:
     return h.hexdigest()
 
 
+def _rebuildable(backbone: str) -> bool:
+    """A backbone :func:`kgl.models.build_model` rebuilds by name: torchvision's, or a timm model timm knows."""
+    if backbone.startswith("timm:"):
+        import timm
+
+        name = backbone[len("timm:") :]
+        return name.startswith("hf-hub:") or timm.is_model(name.split(".")[0])
+    return backbone in _torchvision_models()
+
+
 def save_checkpoint(model: GlomClassifier | GlomSegmenter, path: str | os.PathLike) -> Path:
     """Save ``state_dict`` + JSON config in one file (atomically); load it with :func:`load_checkpoint`."""
     if not isinstance(model, GlomClassifier | GlomSegmenter):
@@ -44,11 +54,11 @@ def save_checkpoint(model: GlomClassifier | GlomSegmenter, path: str | os.PathLi
                 f"Cannot save a checkpoint of map architecture {model.config.get('arch')!r}: kgl rebuilds maps by "
                 f"segmentation-models-pytorch name ({MAP_ARCHS}). Save its state_dict with torch.save instead."
             )
-    elif model.config.get("backbone") not in _torchvision_models():
+    elif not _rebuildable(str(model.config.get("backbone"))):
         raise ValueError(
             f"Cannot save a checkpoint of backbone {model.config.get('backbone')!r}: kgl checkpoints rebuild their "
-            "backbone by torchvision name, so only torchvision backbones (kgl.models.build_model) can be reloaded. "
-            "Save this model's state_dict with torch.save instead."
+            "backbone by name (torchvision, or 'timm:<name>'), so only those (kgl.models.build_model) can be "
+            "reloaded. Save this model's state_dict with torch.save instead."
         )
     path = Path(path)
     config = dict(model.config)

@@ -17,6 +17,7 @@ from kgl.models._config import IMAGENET_MEAN, IMAGENET_STD, ModelConfig
 __all__ = [
     "CLASS_NAMES",
     "DEFAULT_WEIGHTS",
+    "TIMM_PREFIX",
     "GlomClassifier",
     "build_model",
     "fold_batchnorm",
@@ -178,10 +179,15 @@ def build_model(
     Parameters
     ----------
     backbone
-        Any torchvision classification model name (``resnet50``, ``mobilenet_v2``, ...).
+        Any torchvision classification model name (``resnet50``, ``mobilenet_v2``, ...), or a timm
+        model as ``"timm:<name>"`` (``"timm:convnext_nano"``, ``"timm:hf-hub:MahmoodLab/UNI"``): built by
+        :func:`timm.create_model` without its classifier, its preprocessing (input size, mean, std)
+        from timm's pretrained config (:func:`timm.data.resolve_data_config`).
     weights
         Name of a member of the backbone's weights enum (``"IMAGENET1K_V2"``), or ``None`` for random
-        initialisation. ``"DEFAULT"`` is kgl's choice for the backbone, :data:`DEFAULT_WEIGHTS` (the
+        initialisation. For timm, any value but ``None`` loads the model's pretrained weights the
+        standard timm way (the tag, if any, is part of the name: ``"timm:vit_small_patch16_224.augreg_in21k"``).
+        ``"DEFAULT"`` is kgl's choice for the backbone, :data:`DEFAULT_WEIGHTS` (the
         weights its recipes were measured with), and torchvision's ``DEFAULT`` member for any other
         backbone. Weights load the standard torchvision way (downloaded once into ``$TORCH_HOME``,
         sha256-checked) and always with ``weights_only=True``.
@@ -203,10 +209,13 @@ def build_model(
     The classifier; its head is untrained (``config["head_trained"] = False``).
 
     """
+    if backbone.startswith(TIMM_PREFIX):
+        return _build_timm(backbone, weights, class_names=class_names, patch_um=patch_um, input_size=input_size,
+                           threshold=threshold, seed=seed, **config)  # fmt: skip
     if backbone not in _torchvision_models():
         raise KeyError(
             f"Unknown torchvision backbone {backbone!r}. Examples: resnet50, mobilenet_v2, efficientnet_b0, "
-            "convnext_tiny (torchvision.models.list_models())."
+            "convnext_tiny (torchvision.models.list_models()); timm models as 'timm:<name>'."
         )
     if weights == "DEFAULT":  # kgl's measured weights for its backbones, torchvision's DEFAULT for others
         weights = DEFAULT_WEIGHTS.get(backbone, "DEFAULT")
@@ -252,6 +261,76 @@ def build_model(
         nn.init.zeros_(model.head.weight)
         nn.init.zeros_(model.head.bias)
     return model
+
+
+#: Prefix of timm backbone names (``"timm:<name>"``).
+TIMM_PREFIX = "timm:"
+
+
+def _build_timm(backbone: str, weights: str | None, *, class_names: tuple[str, ...], patch_um: float,
+                input_size: int | None, threshold: float, seed: int, **config: Any) -> GlomClassifier:  # fmt: skip
+    """:func:`build_model` for ``"timm:<name>"``: :func:`timm.create_model` with ``num_classes=0`` (pooled features).
+
+    Pretrained weights come through timm's own loading (Hugging Face Hub or its URLs; gated models
+    need ``HF_TOKEN``), as timm users get them; preprocessing is timm's pretrained config.
+    ``config["timm_kwargs"]`` (JSON) are passed to ``create_model`` and stored, so that a
+    checkpoint rebuilds the same architecture; layer classes are named (``"mlp_layer":
+    "SwiGLUPacked"``, ``"act_layer": "SiLU"``), as the pathology foundation models' cards ask.
+    """
+    import timm
+    from timm.data import resolve_data_config
+
+    name = backbone[len(TIMM_PREFIX) :]
+    timm_kwargs = dict(config.pop("timm_kwargs", None) or {})
+    gen_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        try:
+            net = timm.create_model(name, pretrained=weights is not None, num_classes=0, **_timm_layers(timm_kwargs))
+        except RuntimeError as e:
+            if "Unknown model" in str(e):
+                raise KeyError(f"Unknown timm model {name!r} ({e}); see timm.list_models().") from None
+            raise RuntimeError(f"Could not load timm weights for {name!r} ({e}).") from e
+        except OSError as e:  # offline, or a gated Hugging Face repository without a token
+            raise RuntimeError(
+                f"Could not load timm weights for {name!r} ({e}). Offline, or a gated model: log in to the "
+                "Hugging Face Hub (HF_TOKEN), or pass weights=None for random initialisation."
+            ) from e
+        dc = resolve_data_config({}, model=net)
+        tag = net.pretrained_cfg.get("hf_hub_id") or net.pretrained_cfg.get("tag") or "default"
+        cfg = model_config(
+            backbone,
+            weights=None if weights is None else f"timm:{tag}",
+            class_names=class_names,
+            patch_um=patch_um,
+            input_size=input_size or int(dc["input_size"][-1]),
+            threshold=threshold,
+            **{"mean": list(dc["mean"]), "std": list(dc["std"]), **config},
+            **({"timm_kwargs": timm_kwargs} if timm_kwargs else {}),  # JSON: a checkpoint rebuilds the architecture
+        )
+        model = GlomClassifier(net, int(net.num_features), cfg)
+    finally:
+        torch.random.set_rng_state(gen_state)
+    if not cfg["head_trained"]:
+        nn.init.zeros_(model.head.weight)
+        nn.init.zeros_(model.head.bias)
+    return model
+
+
+def _timm_layers(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``timm_kwargs`` with layer classes given by name resolved to classes.
+
+    ``mlp_layer`` from :mod:`timm.layers`, ``act_layer`` from :mod:`torch.nn`: the JSON-able spelling
+    of the foundation models' ``SwiGLUPacked`` / ``SiLU``.
+    """
+    import timm.layers
+
+    out = dict(kwargs)
+    for key, module in (("mlp_layer", timm.layers), ("act_layer", nn)):
+        value = out.get(key)
+        if isinstance(value, str) and hasattr(module, value):
+            out[key] = getattr(module, value)
+    return out
 
 
 def _pretrained(backbone: str, w: Any) -> nn.Module:

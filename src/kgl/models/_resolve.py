@@ -37,6 +37,11 @@ def resolve_model(model: Any = None) -> Any:
         )
     if model in REGISTRY:
         return load_checkpoint(fetch_model(model))
+    if model.startswith("timm:"):  # a timm model with its pretrained weights (timm's own loading)
+        net = build_model(model, weights="DEFAULT")
+        logger.warning("model=%r is a pretrained timm backbone with an untrained glomerulus head: embeddings only.",
+                       model)  # fmt: skip
+        return net
     backbone, _, weights = model.partition(":")
     import torchvision
 

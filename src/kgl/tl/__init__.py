@@ -1,4 +1,4 @@
-"""Tools: classify spots, train and evaluate the classifier, glomerular differential expression."""
+"""Tools: classify and embed spots, the glomerulus map, train and evaluate models, glomerular DE."""
 
 # moved to kgl.im (documented there); still importable from kgl.tl, outside __all__
 from kgl.im import AUGMENTATIONS, PatchDataset, build_transform  # noqa: F401
@@ -6,6 +6,7 @@ from kgl.tl._adapt import adapt_batchnorm, expected_f1_threshold, prior_shift
 from kgl.tl._calibration import calibrated_proba, fit_calibration
 from kgl.tl._classify import apply_threshold_rule, classify_spots
 from kgl.tl._de import PODOCYTE_MARKERS, glom_markers, marker_check
+from kgl.tl._embed import embed_spots
 from kgl.tl._evaluate import calibration_table, choose_threshold, evaluate, evaluate_spots
 from kgl.tl._glomeruli import glomeruli, glomerulus_expression
 from kgl.tl._map import glomerulus_map
@@ -28,6 +29,7 @@ __all__ = [
     "check_no_leakage",
     "choose_threshold",
     "classify_spots",
+    "embed_spots",
     "evaluate",
     "evaluate_patches",
     "evaluate_spots",

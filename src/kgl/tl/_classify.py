@@ -265,34 +265,68 @@ def classify_spots(
     Everything is computed before anything is written: on error ``adata`` is unchanged.
 
     """
-    from kgl.im import check_resolution, spot_sets
     from kgl.models import resolve_model
-    from kgl.tl._device import autocast_dtype, resolve_device
 
     check_int(batch_size, "batch_size")
     check_int(num_workers, "num_workers", minimum=0)
     check_key(key_added)
     if uncertain is not None and not (len(uncertain) == 2 and 0.0 <= uncertain[0] <= uncertain[1] <= 1.0):
         raise ValueError(f"uncertain must be a (low, high) band inside [0, 1], got {uncertain!r}.")
+    net = resolve_model(model)
+    threshold_given = threshold is not None
+    threshold, threshold_rule = _check_threshold(threshold, net.spec)
+    _check_stain_norm(stain_norm)
+    run, sets = make_run(adata, net, library_id=library_id, patch_um=patch_um, input_size=input_size,
+                         batch_size=batch_size, num_workers=num_workers, device=device, precision=precision,
+                         adapt_bn=adapt_bn, stain_norm=stain_norm, img_key=img_key, allow_upsampling=allow_upsampling,
+                         spatial_key=spatial_key, library_key=library_key, show_progress=show_progress)  # fmt: skip
+    spec = run.spec
+    res = run.classify(sets, n_obs=adata.n_obs, threshold=threshold, threshold_rule=threshold_rule, key_added=key_added)
+    params = run.params(res, threshold=threshold, threshold_rule=threshold_rule, threshold_given=threshold_given,
+                        uncertain=uncertain)  # fmt: skip
+    if copy:  # nothing above touched adata
+        adata = adata.copy()
+    _write(adata, res, spec, params, key_added=key_added, uncertain=uncertain)
+    return adata if copy else None
+
+
+def make_run(
+    adata: Any,
+    net: Any,
+    *,
+    library_id: Any,
+    patch_um: float | None,
+    input_size: int | None,
+    batch_size: int,
+    num_workers: int,
+    device: Any,
+    precision: Any,
+    adapt_bn: bool,
+    stain_norm: Any,
+    img_key: str | None,
+    allow_upsampling: bool,
+    spatial_key: str,
+    library_key: str,
+    show_progress: bool,
+) -> tuple[_Run, list[Any]]:
+    """The one engine behind :func:`classify_spots` and :func:`kgl.tl.embed_spots`: a run and its spot sets.
+
+    Resolves the device and precision, the patch size in µm and px (the model's unless given), the
+    libraries, images and µm/px, and checks the resolution, all before any pixel is read; a map model
+    gets a :class:`kgl.tl._map._MapRun`, a classifier a :class:`_Run`.
+    """
+    from kgl.im import check_resolution, spot_sets
+    from kgl.tl._device import autocast_dtype, resolve_device
+
     dev = resolve_device(device)
     amp = autocast_dtype(dev, precision)
-    net = resolve_model(model)
     spec = net.spec
     patch_um = float(spec.preprocessing.patch_um if patch_um is None else patch_um)
     input_size = int(spec.preprocessing.input_size if input_size is None else input_size)
     check_patch_args(patch_um, input_size)
-    threshold_given = threshold is not None
-    threshold, threshold_rule = _check_threshold(threshold, spec)
-    _check_stain_norm(stain_norm)
     sets = spot_sets(adata, library_id=library_id, img_key=img_key, spatial_key=spatial_key, library_key=library_key)
-    check_resolution(
-        sets,
-        patch_um=patch_um,
-        size=input_size,
-        allow_upsampling=allow_upsampling,
-        trained_mpp=spec.coarsest_training_mpp,
-    )
-
+    check_resolution(sets, patch_um=patch_um, size=input_size, allow_upsampling=allow_upsampling,
+                     trained_mpp=spec.coarsest_training_mpp)  # fmt: skip
     hd = [s for s in sets if s.bin_um is not None]
     if hd and spec.task != "segment":
         raise ValueError(
@@ -304,18 +338,10 @@ def classify_spots(
         from kgl.tl._map import _MapRun
 
         _check_map_args(spec, adapt_bn=adapt_bn, stain_norm=stain_norm, patch_um=patch_um, input_size=input_size)
-        run: _Run = _MapRun(net, spec, batch_size=batch_size, device=dev, amp=amp, show_progress=show_progress)
-    else:
-        run = _Run(net, spec, patch_um=patch_um, input_size=input_size, batch_size=batch_size,
-                   num_workers=num_workers, device=dev, amp=amp, adapt_bn=adapt_bn, stain_norm=stain_norm,
-                   show_progress=show_progress)  # fmt: skip
-    res = run.classify(sets, n_obs=adata.n_obs, threshold=threshold, threshold_rule=threshold_rule, key_added=key_added)
-    params = run.params(res, threshold=threshold, threshold_rule=threshold_rule, threshold_given=threshold_given,
-                        uncertain=uncertain)  # fmt: skip
-    if copy:  # nothing above touched adata
-        adata = adata.copy()
-    _write(adata, res, spec, params, key_added=key_added, uncertain=uncertain)
-    return adata if copy else None
+        return _MapRun(net, spec, batch_size=batch_size, device=dev, amp=amp, show_progress=show_progress), sets
+    run = _Run(net, spec, patch_um=patch_um, input_size=input_size, batch_size=batch_size, num_workers=num_workers,
+               device=dev, amp=amp, adapt_bn=adapt_bn, stain_norm=stain_norm, show_progress=show_progress)  # fmt: skip
+    return run, sets
 
 
 def _check_threshold(threshold: Any, spec: Any) -> tuple[float, str | None]:
