@@ -74,3 +74,14 @@ def test_foundation_model_shaped_timm_kwargs_round_trip(tmp_path):
     back = kgl.models.load_checkpoint(kgl.models.save_checkpoint(net, tmp_path / "fm.pt"))
     x = torch.rand(1, 3, 224, 224)
     torch.testing.assert_close(back.eval()(x), net.eval()(x))
+
+
+def test_map_on_a_timm_encoder(tmp_path):
+    # segmentation-models-pytorch's tu- encoders: the map model on a timm network, rebuilt from its checkpoint
+    net = kgl.models.build_segmenter("Unet", "timm:convnext_nano", weights=None, mpp=2.0, input_size=64)
+    back = kgl.models.load_checkpoint(kgl.models.save_checkpoint(net, tmp_path / "map.pt"))
+    x = torch.rand(1, 3, 64, 64)
+    torch.testing.assert_close(back.eval()(x), net.eval()(x))
+    adata = make_visium(width=600, height=500)
+    kgl.tl.classify_spots(adata, back, show_progress=False, precision="fp32")
+    assert adata.obs["glomerulus_fraction"].between(0, 1).all() and adata.obsm["X_glomerulus"].shape[1] == 640

@@ -113,10 +113,13 @@ def build_segmenter(
 
     if arch not in MAP_ARCHS:
         raise ValueError(f"Unknown map architecture {arch!r}; use one of {MAP_ARCHS}.")
+    if encoder.startswith("timm:"):
+        return _build_timm_segmenter(arch, encoder, weights, mpp=mpp, input_size=input_size, threshold=threshold,
+                                     seed=seed, **config)  # fmt: skip
     if encoder not in _TORCHVISION_ENCODERS:
         raise ValueError(
             f"Encoder {encoder!r} is not one whose ImageNet weights kgl loads through torchvision; use one of "
-            f"{_TORCHVISION_ENCODERS}."
+            f"{_TORCHVISION_ENCODERS}, or a timm encoder as 'timm:<name>'."
         )
     if int(input_size) % 32 or input_size < 32:
         raise ValueError(f"input_size must be a positive multiple of 32 px (the encoder's stride), got {input_size!r}.")
@@ -155,8 +158,38 @@ def rebuild_segmenter(config: dict[str, Any]) -> GlomSegmenter:
     """An untrained :class:`GlomSegmenter` of a stored config's architecture (no weights downloaded)."""
     import segmentation_models_pytorch as smp
 
-    arch, encoder = config.get("arch"), config.get("backbone")
+    arch, encoder = config.get("arch"), str(config.get("backbone"))
     if arch not in MAP_ARCHS:
         raise ValueError(f"unknown map architecture {arch!r} (known: {MAP_ARCHS})")
-    net = smp.create_model(arch, encoder_name=encoder, encoder_weights=None, in_channels=3, classes=1)
+    name = "tu-" + encoder[len("timm:") :] if encoder.startswith("timm:") else encoder
+    net = smp.create_model(arch, encoder_name=name, encoder_weights=None, in_channels=3, classes=1)
     return GlomSegmenter(net, dict(config))
+
+
+def _build_timm_segmenter(arch: str, encoder: str, weights: str | None, *, mpp: float, input_size: int,
+                          threshold: float, seed: int, **config: Any) -> GlomSegmenter:  # fmt: skip
+    """:func:`build_segmenter` on a timm encoder: smp's ``tu-<name>`` (timm's ``features_only`` network).
+
+    Pretrained weights (``weights`` not ``None``) load inside smp through :func:`timm.create_model`, timm's
+    standard way; preprocessing (mean, std) is the timm model's pretrained config.
+    """
+    import segmentation_models_pytorch as smp
+    import timm
+    from timm.data import resolve_data_config
+
+    name = encoder[len("timm:") :]
+    if int(input_size) % 32 or input_size < 32:
+        raise ValueError(f"input_size must be a positive multiple of 32 px (the encoder's stride), got {input_size!r}.")
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        net = smp.create_model(arch, encoder_name=f"tu-{name}", encoder_weights=None if weights is None else "imagenet",
+                               in_channels=3, classes=1)  # fmt: skip
+    finally:
+        torch.random.set_rng_state(state)
+    dc = resolve_data_config({}, model=timm.create_model(name, pretrained=False, num_classes=0))
+    norm = {"mean": list(dc["mean"]), "std": list(dc["std"])}
+    cfg = model_config(encoder, weights=None if weights is None else "timm:pretrained", class_names=CLASS_NAMES,
+                       patch_um=float(mpp) * int(input_size), input_size=int(input_size), threshold=threshold,
+                       task="segment", arch=arch, **{**norm, **config})  # fmt: skip
+    return GlomSegmenter(net, cfg)
