@@ -185,36 +185,21 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _read_input(path: Path, fullres: str | None) -> Any:
-    if not path.exists():
-        raise SystemExit(f"kgl: error: input {str(path)!r} does not exist.")
-    if path.suffix == ".h5ad":
-        import anndata as ad
+    from kgl.recipes import read_sample
 
-        return ad.read_h5ad(path)
-    if path.suffix == ".zarr":
-        import spatialdata
-
-        return spatialdata.read_zarr(path)
-    if path.is_dir():
-        from kgl.io import read_visium
-
-        return read_visium(path, fullres_image_file=fullres)
-    raise SystemExit(f"kgl: error: cannot read {str(path)!r}: expected a Visium folder, an .h5ad or a .zarr.")
+    try:
+        return read_sample(path, fullres)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"kgl: error: {e}") from None
 
 
 def _write(data: Any, out: Path) -> None:
-    from kgl._files import atomic_path
-    from kgl._spatialdata import is_spatialdata
+    from kgl.recipes import write_sample
 
-    if is_spatialdata(data):
-        if out.suffix != ".zarr":
-            raise SystemExit("kgl: error: SpatialData output must end in .zarr.")
-        data.write(out, overwrite=True)
-        return
-    if out.suffix != ".h5ad":
-        raise SystemExit("kgl: error: --out must end in .h5ad for AnnData output.")
-    with atomic_path(out) as tmp:
-        data.write_h5ad(tmp)
+    try:
+        write_sample(data, out)  # atomically, .zarr too
+    except ValueError as e:
+        raise SystemExit(f"kgl: error: {e}") from None
 
 
 def _check_out(inp: Path, out: Path) -> None:

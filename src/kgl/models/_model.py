@@ -256,8 +256,12 @@ def build_model(
         model = GlomClassifier(net, num_features, cfg)
     finally:
         torch.random.set_rng_state(gen_state)
-    if not cfg["head_trained"]:
-        # an untrained head predicts exactly 0.5 for every spot rather than random noise
+    return _zero_untrained_head(model)
+
+
+def _zero_untrained_head(model: GlomClassifier) -> GlomClassifier:
+    """An untrained head predicts exactly 0.5 for every spot rather than random noise."""
+    if not model.config["head_trained"]:
         nn.init.zeros_(model.head.weight)
         nn.init.zeros_(model.head.bias)
     return model
@@ -311,10 +315,7 @@ def _build_timm(backbone: str, weights: str | None, *, class_names: tuple[str, .
         model = GlomClassifier(net, int(net.num_features), cfg)
     finally:
         torch.random.set_rng_state(gen_state)
-    if not cfg["head_trained"]:
-        nn.init.zeros_(model.head.weight)
-        nn.init.zeros_(model.head.bias)
-    return model
+    return _zero_untrained_head(model)
 
 
 def _timm_layers(kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -29,7 +29,7 @@ def read_sample(path: str | os.PathLike, fullres_image: str | os.PathLike | None
     """A sample by path: a Space Ranger folder (:func:`kgl.io.read_visium`), an ``.h5ad`` or a SpatialData ``.zarr``."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"Input {str(path)!r} does not exist.")
+        raise FileNotFoundError(f"input {str(path)!r} does not exist.")
     if path.suffix == ".h5ad":
         import anndata as ad
 
