@@ -85,3 +85,17 @@ def test_map_on_a_timm_encoder(tmp_path):
     adata = make_visium(width=600, height=500)
     kgl.tl.classify_spots(adata, back, show_progress=False, precision="fp32")
     assert adata.obs["glomerulus_fraction"].between(0, 1).all() and adata.obsm["X_glomerulus"].shape[1] == 640
+
+
+@pytest.mark.parametrize(
+    ("backbone", "kwargs", "width"),
+    [
+        ("timm:vit_small_patch16_224", {"global_pool": "", "reg_tokens": 4, "num_classes": 0}, 384),  # Virchow2-like
+        ("timm:mobilenetv3_small_100", {}, 1024),  # pre-logits conv head: wider than num_features
+    ],
+)
+def test_timm_models_give_one_vector_per_patch(backbone, kwargs, width):
+    net = kgl.models.build_model(backbone, weights=None, timm_kwargs=kwargs, head_trained=True)
+    x = torch.rand(2, 3, 224, 224)
+    assert net.forward_features(x).shape == (2, width) and net(x).shape == (2, 2)
+    assert "num_classes" not in net.config.get("timm_kwargs", {})  # kgl's own; a card's copy is dropped

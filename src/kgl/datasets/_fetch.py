@@ -129,8 +129,7 @@ def fetch_dataset(name: str, *, base_url: str | None = None) -> Path:
         if base_url is not None:
             _retrieve(f"{base_url.rstrip('/')}/{name}/{row['file']}", row["shared_sha256"], target, what)
         elif (name, row["file"]) in _PACKAGED:  # kgl's own facts about the public images: in the package
-            if not target.is_file():
-                _write_packaged(name, row, target)
+            _write_packaged(name, row, target)  # a few kB: always the package's, never a stale cached copy
         elif row["source_path"] == "-":  # not published upstream, not packaged: only a local copy or a mirror
             if not target.is_file():
                 raise FileNotFoundError(

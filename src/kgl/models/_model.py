@@ -281,11 +281,22 @@ def _build_timm(backbone: str, weights: str | None, *, class_names: tuple[str, .
     checkpoint rebuilds the same architecture; layer classes are named (``"mlp_layer":
     "SwiGLUPacked"``, ``"act_layer": "SiLU"``), as the pathology foundation models' cards ask.
     """
+    import json
+
     import timm
     from timm.data import resolve_data_config
 
     name = backbone[len(TIMM_PREFIX) :]
     timm_kwargs = dict(config.pop("timm_kwargs", None) or {})
+    for fixed in ("num_classes", "pretrained"):  # kgl sets these (a model card's num_classes=0 is kgl's own)
+        timm_kwargs.pop(fixed, None)
+    try:
+        json.dumps(timm_kwargs)
+    except TypeError as e:
+        raise TypeError(
+            f"timm_kwargs must be JSON (they are stored so that a checkpoint rebuilds the model): {e}. Give layer "
+            "classes by name, e.g. mlp_layer='SwiGLUPacked', act_layer='SiLU'."
+        ) from None
     gen_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
@@ -296,10 +307,14 @@ def _build_timm(backbone: str, weights: str | None, *, class_names: tuple[str, .
                 raise KeyError(f"Unknown timm model {name!r} ({e}); see timm.list_models().") from None
             raise RuntimeError(f"Could not load timm weights for {name!r} ({e}).") from e
         except OSError as e:  # offline, or a gated Hugging Face repository without a token
+            hub = " (timm reads an hf-hub: model's config from the Hub even without its weights)" if (
+                name.startswith("hf-hub:")) else ""  # fmt: skip
             raise RuntimeError(
-                f"Could not load timm weights for {name!r} ({e}). Offline, or a gated model: log in to the "
-                "Hugging Face Hub (HF_TOKEN), or pass weights=None for random initialisation."
+                f"Could not load timm {'weights' if weights is not None else 'model'} {name!r} ({e}){hub}. Offline, "
+                "or a gated model: log in to the Hugging Face Hub (HF_TOKEN) after accepting its licence."
             ) from e
+        if getattr(net, "global_pool", None) == "":  # a model whose config returns every token (Virchow2)
+            net.reset_classifier(0, "token")  # one vector per patch: the class token
         dc = resolve_data_config({}, model=net)
         tag = net.pretrained_cfg.get("hf_hub_id") or net.pretrained_cfg.get("tag") or "default"
         cfg = model_config(
@@ -312,7 +327,8 @@ def _build_timm(backbone: str, weights: str | None, *, class_names: tuple[str, .
             **{"mean": list(dc["mean"]), "std": list(dc["std"]), **config},
             **({"timm_kwargs": timm_kwargs} if timm_kwargs else {}),  # JSON: a checkpoint rebuilds the architecture
         )
-        model = GlomClassifier(net, int(net.num_features), cfg)
+        width = getattr(net, "head_hidden_size", None) or net.num_features  # pre-logits width (mobilenetv3: 1280)
+        model = GlomClassifier(net, int(width), cfg)
     finally:
         torch.random.set_rng_state(gen_state)
     return _zero_untrained_head(model)

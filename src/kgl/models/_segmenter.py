@@ -187,7 +187,11 @@ def _build_timm_segmenter(arch: str, encoder: str, weights: str | None, *, mpp: 
                                in_channels=3, classes=1)  # fmt: skip
     finally:
         torch.random.set_rng_state(state)
-    dc = resolve_data_config({}, model=timm.create_model(name, pretrained=False, num_classes=0))
+    timm_net = getattr(net.encoder, "model", None)  # smp's TimmUniversalEncoder wraps the timm network
+    if timm_net is not None:
+        dc = resolve_data_config({}, model=timm_net)
+    else:
+        dc = {"mean": timm.data.IMAGENET_DEFAULT_MEAN, "std": timm.data.IMAGENET_DEFAULT_STD}
     norm = {"mean": list(dc["mean"]), "std": list(dc["std"])}
     cfg = model_config(encoder, weights=None if weights is None else "timm:pretrained", class_names=CLASS_NAMES,
                        patch_um=float(mpp) * int(input_size), input_size=int(input_size), threshold=threshold,

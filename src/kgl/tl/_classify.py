@@ -266,12 +266,14 @@ def classify_spots(
 
     """
     from kgl.models import resolve_model
+    from kgl.tl._device import resolve_device
 
     check_int(batch_size, "batch_size")
     check_int(num_workers, "num_workers", minimum=0)
     check_key(key_added)
     if uncertain is not None and not (len(uncertain) == 2 and 0.0 <= uncertain[0] <= uncertain[1] <= 1.0):
         raise ValueError(f"uncertain must be a (low, high) band inside [0, 1], got {uncertain!r}.")
+    resolve_device(device)  # a bad device fails before any model is loaded or downloaded
     net = resolve_model(model)
     threshold_given = threshold is not None
     threshold, threshold_rule = _check_threshold(threshold, net.spec)

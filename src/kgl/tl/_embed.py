@@ -11,7 +11,7 @@ import numpy as np
 from kgl._docs import d
 from kgl._spatialdata import accepts_spatialdata
 from kgl._types import Precision
-from kgl._validators import check_int, save_data
+from kgl._validators import check_int, check_key, save_data
 
 if TYPE_CHECKING:  # pragma: no cover
     from anndata import AnnData
@@ -65,8 +65,9 @@ def embed_spots(
         docs/embeddings.md), a kgl checkpoint or registry name, or a :class:`~kgl.models.GlomClassifier`.
     %(library_ids)s
     patch_um, input_size
-        Patch side in µm and px; the model's by default (a pathology foundation model's own
-        µm/px × input size is the field of view it was trained on).
+        Patch side in µm and px; the model's by default: a kgl model's recorded patch, the
+        backbone's input size and 110 µm for a torchvision or timm backbone. For a pathology
+        foundation model pass ``patch_um = input px × its µm/px`` (docs/embeddings.md).
     batch_size, num_workers, device, precision
         As in :func:`kgl.tl.classify_spots`.
     %(img_key)s
@@ -93,10 +94,12 @@ def embed_spots(
 
     check_int(batch_size, "batch_size")
     check_int(num_workers, "num_workers", minimum=0)
+    if key_added is not None:
+        check_key(key_added)
     net = resolve_model(model)
     key = key_added or _default_key(net, model)
-    if not key or not isinstance(key, str):
-        raise ValueError(f"key_added must be a non-empty string, got {key_added!r}.")
+    if key in (spatial_key, "spatial"):
+        raise ValueError(f"key_added={key!r} would overwrite the spot coordinates / uns['spatial']; pass another.")
     run, sets = make_run(adata, net, library_id=library_id, patch_um=patch_um, input_size=input_size,
                          batch_size=batch_size, num_workers=num_workers, device=device, precision=precision,
                          adapt_bn=False, stain_norm=None, img_key=img_key, allow_upsampling=allow_upsampling,
