@@ -29,12 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from run import BENCH_DIR, pas_tile_images
-
-
-def _peak_rss_mb() -> float:
-    status = Path("/proc/self/status").read_text().splitlines()
-    return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
+from run import BENCH_DIR, pas_tile_images, peak_rss_mb
 
 
 def _build(n_side: int) -> Path:
@@ -73,7 +68,7 @@ def _child(store: str, variant: str, model_path: str) -> None:
                "n_touch": int(touch.sum())}  # fmt: skip
     else:
         out = _per_bin_patches(sdata, table)
-    out["rss_mb"] = _peak_rss_mb()
+    out["rss_mb"] = peak_rss_mb()
     print(json.dumps(out))
 
 

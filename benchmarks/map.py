@@ -25,12 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from run import BENCH_DIR, _capture_area, _image_px
-
-
-def _peak_rss_mb() -> float:
-    status = Path("/proc/self/status").read_text().splitlines()
-    return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
+from run import BENCH_DIR, _capture_area, _image_px, peak_rss_mb
 
 
 def _child(h5ad: str, variant: str, model_path: str) -> None:
@@ -57,7 +52,7 @@ def _child(h5ad: str, variant: str, model_path: str) -> None:
         out["polygons_s"] = time.perf_counter() - t
         out["n_glomeruli"] = len(gdf)
         out["map_mpp"] = adata.uns["glomerulus"]["params"]["libraries"][next(iter(adata.uns["spatial"]))]["map_mpp"]
-    out["peak_rss_mb"] = _peak_rss_mb()
+    out["peak_rss_mb"] = peak_rss_mb()
     print(json.dumps(out))
 
 

@@ -26,6 +26,12 @@ from kgl.models import PATCH_MODEL
 BENCH_DIR = Path(tempfile.gettempdir()) / "kgl-bench"
 
 
+def peak_rss_mb() -> float:
+    """Peak RSS of this process in MB: VmHWM, not ru_maxrss (Linux carries that over exec from the parent)."""
+    status = Path("/proc/self/status").read_text().splitlines()
+    return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
+
+
 def pas_tile_images(n: int, shift: int = 0) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """``n`` PAS tiles and their glomerulus masks, repeats rotated so that a mosaic is not periodic."""
     from PIL import Image
@@ -230,11 +236,7 @@ def _rss_child(h5ad: str, model: str) -> None:
 
     adata = ad.read_h5ad(h5ad)
     kgl.tl.classify_spots(adata, model, show_progress=False)
-    # VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss over exec from the forking parent
-    hwm = next(
-        int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM:")
-    )
-    print(json.dumps({"peak_rss_mb": hwm / 1024}))
+    print(json.dumps({"peak_rss_mb": peak_rss_mb()}))
 
 
 def main() -> None:
