@@ -1,10 +1,12 @@
-"""An online user with no local data: every set fetched by its pinned URL from a stand-in for GitHub on 127.0.0.1.
+"""An online user with no local data folder: every published file fetched by its pinned URL from a stand-in for GitHub.
 
-The server lays the files out as ``/<repository>/<commit>/<source_path>``, GitHub's raw-content
-layout, and ``KGL_SOURCE_URL`` points kgl at it; nothing is read from ``../shared``. The H&E
-screenshots are published upstream with the viewer's overlays, which the offline data folder
-does not hold: the stand-in serves the painted copies with black boxes drawn back into the
-overlay rectangles, and their sha256 replaces the real one in the manifest for this test only.
+The server on 127.0.0.1 lays the files out as ``/<repository>/<commit>/<source_path>``, GitHub's
+raw-content layout, and ``KGL_SOURCE_URL`` points kgl at it. The H&E set's ``mpp.json`` is not
+published upstream and is not in the package: like a user who was given that one file, the test
+puts it where ``fetch_dataset`` says to (the cache), read from ``../shared``. The H&E screenshots
+are published upstream with the viewer's overlays, which the offline data folder does not hold:
+the stand-in serves the painted copies with black boxes drawn back into the overlay rectangles,
+and their sha256 replaces the real one in the manifest for this test only.
 """
 
 from __future__ import annotations
@@ -90,8 +92,11 @@ def test_demo_online_without_local_data_reports_what_the_local_folder_gives(
     assert main(["demo", "--out", str(tmp_path / "local"), "--quiet"]) == 0
     local = _report(capsys.readouterr().out)
 
-    monkeypatch.setattr(settings, "datadir", tmp_path / "no-local-data")  # 2. online: nothing local
+    monkeypatch.setattr(settings, "datadir", tmp_path / "no-local-data")  # 2. online: no data folder
     monkeypatch.chdir(tmp_path)
+    meta = tmp_path / "cache" / "data" / "glomeruli-he-biopsy" / "mpp.json"  # the one unpublished file, given
+    meta.parent.mkdir(parents=True)
+    shutil.copyfile(shared_data / "glomeruli-he-biopsy" / "mpp.json", meta)
     assert main(["demo", "--out", str(tmp_path / "online"), "--quiet"]) == 0
     online = _report(capsys.readouterr().out)
     assert len(local) >= 6 and online == local

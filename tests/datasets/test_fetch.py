@@ -90,17 +90,13 @@ def test_offline_says_where_it_looked(no_local_data, monkeypatch):
         kgl.datasets.he_biopsy_slides()
 
 
-def test_derived_facts_ship_in_the_package(no_local_data, monkeypatch):
-    """The H&E set's mpp.json (kgl's scale-bar readings and overlay rectangles) is written from the package."""
+def test_derived_files_are_not_downloaded_from_upstream(no_local_data, monkeypatch):
+    """The H&E set's mpp.json is not published upstream: without a local copy or a mirror, say so (no download)."""
     monkeypatch.setattr(settings, "data_url", None)
-    monkeypatch.setattr(settings, "source_url", "http://127.0.0.1:9")  # nothing listens: the images cannot come
-    with pytest.raises(FileNotFoundError, match=r"Downloading it failed too: Could not download"):
+    with pytest.raises(
+        FileNotFoundError, match=r"(?s)Downloading it failed too: glomeruli-he-biopsy/mpp\.json is derived"
+    ):
         kgl.datasets.he_biopsy_slides()
-    meta = no_local_data / "data" / "glomeruli-he-biopsy" / "mpp.json"
-    row = next(r for r in _manifest()["glomeruli-he-biopsy"] if r["file"] == "mpp.json")
-    import hashlib
-
-    assert hashlib.sha256(meta.read_bytes()).hexdigest() == row["shared_sha256"]
 
 
 def test_source_url_replaces_the_raw_content_host(monkeypatch):

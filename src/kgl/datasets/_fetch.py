@@ -33,9 +33,6 @@ DATASETS = {
     "visium-mouse-kidney": "10x Visium V1_Mouse_Kidney spatial/ folder (CC BY-SA 4.0)",
 }
 _GITHUB_RAW = "https://raw.githubusercontent.com"
-#: kgl's own facts about public images that upstream does not publish (µm/px readings, overlay
-#: rectangles): not data, so they ship in the package; ``(data set, file)`` → package resource.
-_PACKAGED = {("glomeruli-he-biopsy", "mpp.json"): "_he_biopsy_mpp.json"}
 
 
 @cache
@@ -61,19 +58,6 @@ def source_url(row: dict[str, str]) -> str:
     """
     host = (settings.source_url or _GITHUB_RAW).rstrip("/")
     return f"{host}/{row['repository']}/{row['commit']}/{row['source_path']}"
-
-
-def _write_packaged(name: str, row: dict[str, str], target: Path) -> None:
-    """Copy a file kgl ships (:data:`_PACKAGED`) into the data folder, checked against the manifest's sha256."""
-    import hashlib
-
-    from kgl._files import atomic_path
-
-    data = resources.files("kgl.datasets").joinpath(_PACKAGED[(name, row["file"])]).read_bytes()
-    if hashlib.sha256(data).hexdigest() != row["shared_sha256"]:
-        raise ValueError(f"kgl's packaged {name}/{row['file']} does not match its sha256 in _sources.tsv.")
-    with atomic_path(target) as tmp:
-        tmp.write_bytes(data)
 
 
 def _paint_white(src: Path, dest: Path, rects: list[list[int]]) -> None:
@@ -114,8 +98,8 @@ def fetch_dataset(name: str, *, base_url: str | None = None) -> Path:
     screenshots are published with the viewer's overlays (scale bar, overview inset, cursor box);
     from GitHub they are fetched as published and a copy with those rectangles painted white is
     written next to them, as in kgl's development data. The rectangles and the µm/px of each
-    screenshot are in that set's ``mpp.json``, which kgl's maintainers derived (scale-bar readings)
-    and which upstream does not publish: kgl ships it in the package.
+    screenshot are in that set's ``mpp.json``, which kgl's maintainers derived and which is not
+    published upstream: it comes only from a local copy of the data folder or a mirror.
 
     """
     rows = _rows(name)
@@ -128,9 +112,7 @@ def fetch_dataset(name: str, *, base_url: str | None = None) -> Path:
         what = f"{name}/{row['file']}"
         if base_url is not None:
             _retrieve(f"{base_url.rstrip('/')}/{name}/{row['file']}", row["shared_sha256"], target, what)
-        elif (name, row["file"]) in _PACKAGED:  # kgl's own facts about the public images: in the package
-            _write_packaged(name, row, target)  # a few kB: always the package's, never a stale cached copy
-        elif row["source_path"] == "-":  # not published upstream, not packaged: only a local copy or a mirror
+        elif row["source_path"] == "-":  # not published upstream: only a local copy or a mirror has it
             if not target.is_file():
                 raise FileNotFoundError(
                     f"{what} is derived by kgl's maintainers (not published in {row['repository']}), so it cannot be "
