@@ -15,7 +15,7 @@ BACKBONES = {  # random init (pretrained=False): offline here, timm's standard l
 
 
 @pytest.fixture(scope="module")
-def pas():
+def pas(shared_data):  # skips cleanly without the shared data (never a download in the tests)
     return kgl.datasets.pas_tiles_visium()[:48].copy()
 
 
