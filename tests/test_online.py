@@ -1,11 +1,11 @@
 """An online user with no local data folder: every published file fetched by its pinned URL from a stand-in for GitHub.
 
 The server on 127.0.0.1 lays the files out as ``/<repository>/<commit>/<source_path>``, GitHub's
-raw-content layout, and ``KGL_SOURCE_URL`` points kgl at it. The H&E set's ``mpp.json`` is not
-published upstream and is not in the package: like a user who was given that one file, the test
-puts it where ``fetch_dataset`` says to (the cache), read from ``../shared``. The H&E screenshots
-are published upstream with the viewer's overlays, which the offline data folder does not hold:
-the stand-in serves the painted copies with black boxes drawn back into the overlay rectangles,
+raw-content layout, and ``KGL_SOURCE_URL`` points kgl at it; nothing else is given (kgl's readings
+of the H&E screenshots, µm/px and overlays, ship in the package). The H&E screenshots are published
+upstream with the viewer's overlays, which the offline data folder does not hold: the stand-in
+serves the painted copies with black boxes drawn back into the overlay rectangles of the data
+folder's ``mpp.json`` (not kgl's copy of them, so a wrong packaged rectangle fails the pixel check),
 and their sha256 replaces the real one in the manifest for this test only.
 """
 
@@ -41,8 +41,6 @@ def github(shared_data, tmp_path, monkeypatch):
         for row in rows:
             row = dict(row)
             manifest[name].append(row)
-            if row["source_path"] == "-":
-                continue
             dest = root / row["repository"] / row["commit"] / row["source_path"]
             dest.parent.mkdir(parents=True, exist_ok=True)
             src = shared_data / name / row["file"]
@@ -94,14 +92,12 @@ def test_demo_online_without_local_data_reports_what_the_local_folder_gives(
 
     monkeypatch.setattr(settings, "datadir", tmp_path / "no-local-data")  # 2. online: no data folder
     monkeypatch.chdir(tmp_path)
-    meta = tmp_path / "cache" / "data" / "glomeruli-he-biopsy" / "mpp.json"  # the one unpublished file, given
-    meta.parent.mkdir(parents=True)
-    shutil.copyfile(shared_data / "glomeruli-he-biopsy" / "mpp.json", meta)
     assert main(["demo", "--out", str(tmp_path / "online"), "--quiet"]) == 0
     online = _report(capsys.readouterr().out)
     assert len(local) >= 6 and online == local
     data = tmp_path / "cache" / "data"
     assert sorted(p.name for p in data.iterdir()) == ["glomeruli-he-biopsy", "glomeruli-pas-tiles"]
+    assert not (data / "glomeruli-he-biopsy" / "mpp.json").exists()  # nothing but the published files
     # the overlays were painted white again: the H&E images kgl reads are the development data's pixels
     from PIL import Image
 

@@ -12,7 +12,7 @@ import pytest
 
 import kgl
 from kgl._settings import settings
-from kgl.datasets._fetch import _manifest, _paint_white, source_url
+from kgl.datasets._fetch import _manifest, _paint_white, image_facts, source_url
 
 
 @pytest.fixture
@@ -45,7 +45,7 @@ def no_local_data(tmp_path, monkeypatch):
 def test_manifest_pins_every_file_to_a_commit_and_checksum():
     man = _manifest()
     assert {"glomeruli-multistain", "glomeruli-pas-tiles", "glomeruli-he-biopsy"} <= set(man)
-    assert len(man["glomeruli-multistain"]) == 106 and len(man["glomeruli-he-biopsy"]) == 19
+    assert len(man["glomeruli-multistain"]) == 106 and len(man["glomeruli-he-biopsy"]) == 18
     for rows in man.values():
         for r in rows:
             assert len(r["commit"]) == 40 and len(r["shared_sha256"]) == 64
@@ -63,7 +63,9 @@ def test_loaders_download_from_a_mirror_and_check_sha256(shared_data, serve, no_
     slides = kgl.datasets.he_biopsy_slides()  # not found locally: fetched from 127.0.0.1 into the cache
     assert len(slides) == 9 and sorted(slides["group"].unique()) == ["C002", "C004"]
     assert slides["n_glomeruli"].sum() == 13 and slides["path"].str.startswith(str(no_local_data)).all()
-    assert (no_local_data / "data" / "glomeruli-he-biopsy" / "mpp.json").is_file()
+    readings = {k: v["mpp"] for k, v in image_facts("glomeruli-he-biopsy").items()}
+    assert slides.set_index("slide")["mpp"].to_dict() == readings  # kgl's packaged readings, nothing fetched for them
+    assert not (no_local_data / "data" / "glomeruli-he-biopsy" / "mpp.json").exists()
     tiles = kgl.datasets.pas_tiles_slides()
     assert len(tiles) == 24 and tiles["path"].str.startswith(str(no_local_data)).all()
     # a second call reuses the cache (the server is gone)
@@ -90,12 +92,38 @@ def test_offline_says_where_it_looked(no_local_data, monkeypatch):
         kgl.datasets.he_biopsy_slides()
 
 
-def test_derived_files_are_not_downloaded_from_upstream(no_local_data, monkeypatch):
-    """The H&E set's mpp.json is not published upstream: without a local copy or a mirror, say so (no download)."""
-    monkeypatch.setattr(settings, "data_url", None)
-    with pytest.raises(
-        FileNotFoundError, match=r"(?s)Downloading it failed too: glomeruli-he-biopsy/mpp\.json is derived"
-    ):
+@pytest.mark.realdata
+def test_packaged_readings_are_the_development_datas(shared_data):
+    """kgl's own readings (µm/px, size, overlays) say what the data folder's mpp.json says."""
+    import json
+
+    local = json.loads((shared_data / "glomeruli-he-biopsy" / "mpp.json").read_text())
+    assert image_facts("glomeruli-he-biopsy") == local
+
+
+def test_packaged_readings_cover_every_published_image():
+    facts = image_facts("glomeruli-he-biopsy")
+    images = {r["file"] for r in _manifest()["glomeruli-he-biopsy"] if r["file"].startswith("images/")}
+    assert images == {f"images/{k}.png" for k in facts}
+    assert all(0.3 < f["mpp"] < 2 and len(f["painted_white"]) == 3 for f in facts.values())
+    with pytest.raises(KeyError, match=r"no image readings for data set 'nope'.*glomeruli-he-biopsy"):
+        image_facts("nope")
+
+
+def test_a_local_copy_that_disagrees_with_kgls_readings_is_refused(tmp_path, monkeypatch):
+    import json
+
+    root = tmp_path / "data" / "glomeruli-he-biopsy"
+    root.mkdir(parents=True)
+    facts = image_facts("glomeruli-he-biopsy")
+    facts["C004_region3"]["mpp"] = 0.5
+    (root / "mpp.json").write_text(json.dumps(facts))
+    monkeypatch.setattr(settings, "datadir", tmp_path / "data")
+    with pytest.raises(ValueError, match=r"C004_region3 has mpp 0\.5, kgl's reading is 0\.72464"):
+        kgl.datasets.he_biopsy_slides()
+    del facts["C004_region3"]
+    (root / "mpp.json").write_text(json.dumps(facts))
+    with pytest.raises(ValueError, match="is not the published set"):
         kgl.datasets.he_biopsy_slides()
 
 

@@ -11,7 +11,7 @@ from scipy.spatial import cKDTree
 from kgl._geometry import spot_coverage
 from kgl._settings import settings
 from kgl._utils import SPOT_DIAMETER_FULLRES_UM, mpp_from_scalefactors
-from kgl.datasets import pas_tiles_visium, pseudo_visium
+from kgl.datasets import image_facts, pas_tiles_visium, pseudo_visium
 from kgl.io import SlideImage, read_visium
 
 RED, GREEN, BLUE = (200, 30, 30), (30, 200, 30), (30, 30, 200)
@@ -360,10 +360,8 @@ def test_annotations_as_file_paths_match_the_same_polygons(tmp_path):
 @pytest.mark.realdata
 def test_he_biopsy_geojson_paths():
     """The H&E biopsy screenshots with their QuPath GeoJSON files, given as paths."""
-    import json
-
     root = _data("glomeruli-he-biopsy")
-    meta = json.loads((root / "mpp.json").read_text())
+    meta = image_facts("glomeruli-he-biopsy")
     names = sorted(meta)[:2]
     adata = pseudo_visium(
         [root / "images" / f"{n}.png" for n in names],

@@ -9,12 +9,16 @@ checked against its sha256, and reused from then on.
 ``$KGL_DATA_URL`` (:attr:`kgl.settings.data_url`) names a mirror laid out like the data folder
 (``<url>/<name>/<file>``), checked against the sha256 of that layout; the tests serve the shared
 data folder that way on 127.0.0.1.
+
+What upstream does not publish but kgl needs is kgl's own reading of the public images, a few
+hundred bytes that ship in the package (``_image_facts.tsv``, read by :func:`image_facts`): the
+µm/px of each H&E screenshot, read from its scale bar, its size, and the viewer's overlays (scale
+bar, overview inset, cursor box) to paint white, as PIL-inclusive ``x0,y0,x1,y1`` rectangles.
 """
 
 from __future__ import annotations
 
 import csv
-import json
 import os
 from functools import cache
 from importlib import resources
@@ -23,7 +27,7 @@ from pathlib import Path
 from kgl._logging import logger
 from kgl._settings import settings
 
-__all__ = ["DATASETS", "data_dir", "fetch_dataset", "source_url"]
+__all__ = ["DATASETS", "data_dir", "fetch_dataset", "image_facts", "source_url"]
 
 #: The data sets kgl can fetch, with what each is.
 DATASETS = {
@@ -42,6 +46,39 @@ def _manifest() -> dict[str, list[dict[str, str]]]:
     for row in csv.DictReader(text.splitlines(), delimiter="\t"):
         out.setdefault(row["dataset"], []).append(row)
     return out
+
+
+@cache
+def _image_facts() -> dict[str, dict[str, dict]]:
+    text = resources.files("kgl.datasets").joinpath("_image_facts.tsv").read_text(encoding="utf-8")
+    out: dict[str, dict[str, dict]] = {}
+    for row in csv.DictReader(text.splitlines(), delimiter="\t"):
+        out.setdefault(row["dataset"], {})[row["image"]] = {
+            "mpp": float(row["mpp"]),
+            "width": int(row["width"]),
+            "height": int(row["height"]),
+            "painted_white": [[int(v) for v in r.split(",")] for r in row["painted_white"].split()],
+        }
+    return out
+
+
+def image_facts(name: str) -> dict[str, dict]:
+    """The readings kgl made of a data set's images that upstream does not publish, by image name.
+
+    Each value has ``mpp`` (µm/px read from the screenshot's scale bar), ``width``, ``height`` and
+    ``painted_white`` (the viewer's overlays as PIL-inclusive ``[x0, y0, x1, y1]`` rectangles). They
+    ship in the package, so a download needs nothing else.
+
+    Raises
+    ------
+    KeyError
+        kgl holds no such readings for ``name``; the message lists the sets it holds them for.
+
+    """
+    facts = _image_facts()
+    if name not in facts:
+        raise KeyError(f"kgl holds no image readings for data set {name!r}; it holds them for: {sorted(facts)}.")
+    return {k: {**v, "painted_white": [list(r) for r in v["painted_white"]]} for k, v in facts[name].items()}
 
 
 def _rows(name: str) -> list[dict[str, str]]:
@@ -97,36 +134,25 @@ def fetch_dataset(name: str, *, base_url: str | None = None) -> Path:
     Files already in the cache with the right sha256 are not downloaded again. The H&E biopsy
     screenshots are published with the viewer's overlays (scale bar, overview inset, cursor box);
     from GitHub they are fetched as published and a copy with those rectangles painted white is
-    written next to them, as in kgl's development data. The rectangles and the µm/px of each
-    screenshot are in that set's ``mpp.json``, which kgl's maintainers derived and which is not
-    published upstream: it comes only from a local copy of the data folder or a mirror.
+    written next to them, as in kgl's development data. The rectangles, like the µm/px of each
+    screenshot, are kgl's own readings, shipped in the package (:func:`image_facts`).
 
     """
     rows = _rows(name)
     base_url = base_url if base_url is not None else settings.data_url
     dest = Path(settings.cachedir) / "data" / name
-    # derived files (no upstream path, e.g. the H&E set's mpp.json) first: without them nothing else is usable
-    rows = sorted(rows, key=lambda r: r["source_path"] != "-")
     for row in rows:
         target = dest / row["file"]
         what = f"{name}/{row['file']}"
         if base_url is not None:
             _retrieve(f"{base_url.rstrip('/')}/{name}/{row['file']}", row["shared_sha256"], target, what)
-        elif row["source_path"] == "-":  # not published upstream: only a local copy or a mirror has it
-            if not target.is_file():
-                raise FileNotFoundError(
-                    f"{what} is derived by kgl's maintainers (not published in {row['repository']}), so it cannot be "
-                    f"downloaded from there. Point KGL_DATA_DIR at a copy of the data folder, KGL_DATA_URL at a mirror "
-                    f"of it, or put the file at {str(target)!r}."
-                )
         elif row["source_sha256"] == row["shared_sha256"]:
             _retrieve(source_url(row), row["source_sha256"], target, what)
         else:  # published with overlays: keep the download under source/, paint a copy where kgl reads it
             raw = dest / "source" / row["file"]
             _retrieve(source_url(row), row["source_sha256"], raw, what)
             if not target.exists():
-                meta = json.loads((dest / "mpp.json").read_text(encoding="utf-8"))
-                _paint_white(raw, target, meta[Path(row["file"]).stem]["painted_white"])
+                _paint_white(raw, target, image_facts(name)[Path(row["file"]).stem]["painted_white"])
     logger.info("data set %r is in %s (%d files, sha256-checked).", name, dest, len(rows))
     return dest
 

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from kgl._logging import logger
-from kgl.datasets._fetch import data_dir
+from kgl.datasets._fetch import data_dir, image_facts
 
 __all__ = ["he_biopsy_slides", "multistain_slides", "pas_tiles_slides"]
 
@@ -184,9 +184,10 @@ def he_biopsy_slides() -> pd.DataFrame:
 
     The stain of Visium sections. Images ``images/<name>.png`` (1514 × 951 px; the viewer's
     overlays painted white), QuPath GeoJSON ``annotations/<name>.geojson`` (polygons classified
-    ``glomerulus``, read with :func:`kgl.io.read_geojson`) and ``mpp.json`` (µm/px read from each
-    screenshot's scale bar, 0.52–1.08) are found locally or downloaded
-    (:func:`kgl.datasets.fetch_dataset`). Some images show the same glomeruli at two
+    ``glomerulus``, read with :func:`kgl.io.read_geojson`) are found locally or downloaded
+    (:func:`kgl.datasets.fetch_dataset`); the µm/px of each screenshot (read from its scale bar,
+    0.52–1.08) is kgl's own reading and ships in the package (:func:`kgl.datasets.image_facts`),
+    checked against a local copy's ``mpp.json`` where there is one. Some images show the same glomeruli at two
     magnifications, so ``group`` is the **case** (``C002``, ``C004``: the file name's first
     ``_``-separated field): split by it, never by image.
 
@@ -199,7 +200,8 @@ def he_biopsy_slides() -> pd.DataFrame:
     from kgl.io import read_geojson
 
     root = data_dir("glomeruli-he-biopsy")
-    meta = json.loads((root / "mpp.json").read_text(encoding="utf-8"))
+    meta = image_facts("glomeruli-he-biopsy")
+    _check_local_readings(root / "mpp.json", meta)
     rows = []
     for stem in sorted(meta):
         path = root / "images" / f"{stem}.png"
@@ -222,3 +224,22 @@ def he_biopsy_slides() -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows, columns=SLIDE_COLUMNS)
+
+
+def _check_local_readings(path: Path, meta: dict[str, dict]) -> None:
+    """A local copy's ``mpp.json`` must say what kgl's packaged readings say (another copy would be other data)."""
+    if not path.is_file():
+        return
+    local = json.loads(path.read_text(encoding="utf-8"))
+    if sorted(local) != sorted(meta):
+        raise ValueError(
+            f"{path} lists images {sorted(local)}, kgl's readings of glomeruli-he-biopsy list {sorted(meta)}: "
+            "this folder is not the published set. Point KGL_DATA_DIR at an unmodified copy, or remove it to download."
+        )
+    for stem, facts in meta.items():
+        for key in ("mpp", "width", "height"):
+            if not np.isclose(float(local[stem][key]), facts[key], rtol=1e-4, atol=0):
+                raise ValueError(
+                    f"{path}: {stem} has {key} {local[stem][key]}, kgl's reading is {facts[key]}. "
+                    "Point KGL_DATA_DIR at an unmodified copy of the data folder, or remove it to download."
+                )
