@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -78,16 +79,23 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
                 tmp.unlink()
 
 
-def pooch_download(url: str, sha256: str, dest: str | os.PathLike, *, what: str, fallback: str) -> Path:
+def pooch_download(
+    url: str, sha256: str, dest: str | os.PathLike, *, what: str, fallback: str, quiet: bool = False
+) -> Path:
     """Fetch ``url`` to ``dest`` with :func:`pooch.retrieve`, checked against ``sha256``; clear errors otherwise.
 
     A file already at ``dest`` with that hash is reused. A hash mismatch deletes the download and
     raises a :class:`ValueError`; a network failure raises a :class:`ConnectionError`. Both messages
-    name ``what`` and the URL and end with ``fallback`` (what the user can do instead).
+    name ``what`` and the URL and end with ``fallback`` (what the user can do instead). ``quiet``
+    silences pooch's line per file (a data set of a hundred files logs once, from its caller).
     """
     import pooch
 
     dest = Path(dest)
+    plog = pooch.get_logger()
+    level = plog.level
+    if quiet:
+        plog.setLevel(logging.WARNING)
     try:
         return Path(
             pooch.retrieve(url, known_hash=f"sha256:{sha256}", fname=dest.name, path=dest.parent, progressbar=False)
@@ -100,6 +108,8 @@ def pooch_download(url: str, sha256: str, dest: str | os.PathLike, *, what: str,
         ) from e
     except OSError as e:  # network errors (requests' exceptions are OSErrors)
         raise ConnectionError(f"Could not download {what} from {url}: {e}. Check the network, or {fallback}.") from e
+    finally:
+        plog.setLevel(level)
 
 
 def torch_error_summary(e: BaseException) -> str:

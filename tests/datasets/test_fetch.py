@@ -66,8 +66,22 @@ def test_loaders_download_from_a_mirror_and_check_sha256(shared_data, serve, no_
     readings = {k: v["mpp"] for k, v in image_facts("glomeruli-he-biopsy").items()}
     assert slides.set_index("slide")["mpp"].to_dict() == readings  # kgl's packaged readings, nothing fetched for them
     assert not (no_local_data / "data" / "glomeruli-he-biopsy" / "mpp.json").exists()
-    tiles = kgl.datasets.pas_tiles_slides()
+    import logging
+
+    import pooch
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    plog = pooch.get_logger()
+    level = plog.level
+    plog.addHandler(handler)
+    try:
+        tiles = kgl.datasets.pas_tiles_slides()
+    finally:
+        plog.removeHandler(handler)
     assert len(tiles) == 24 and tiles["path"].str.startswith(str(no_local_data)).all()
+    assert records == [] and plog.level == level  # 48 downloads, not one pooch line each; its level left as it was
     # a second call reuses the cache (the server is gone)
     monkeypatch.setattr(settings, "data_url", "http://127.0.0.1:9")
     assert len(kgl.datasets.he_biopsy_slides()) == 9

@@ -115,10 +115,12 @@ def _paint_white(src: Path, dest: Path, rects: list[list[int]]) -> None:
 def _retrieve(url: str, sha256: str, dest: Path, what: str) -> None:
     from kgl._files import pooch_download
 
-    pooch_download(url, sha256, dest, what=what, fallback="point KGL_DATA_DIR at a local copy of the data folder")
+    pooch_download(
+        url, sha256, dest, what=what, fallback="point KGL_DATA_DIR at a local copy of the data folder", quiet=True
+    )
 
 
-def fetch_dataset(name: str, *, base_url: str | None = None) -> Path:
+def fetch_dataset(name: str, *, base_url: str | None = None, show_progress: bool = True) -> Path:
     """Download a data set into ``<settings.cachedir>/data/<name>`` (sha256-checked) and return that folder.
 
     Parameters
@@ -128,6 +130,8 @@ def fetch_dataset(name: str, *, base_url: str | None = None) -> Path:
     base_url
         A mirror laid out like the data folder (``<base_url>/<name>/<file>``); default
         :attr:`kgl.settings.data_url`, else the pinned GitHub URLs (:func:`source_url`).
+    show_progress
+        A bar over the files (in a terminal or notebook; not in a log file).
 
     Notes
     -----
@@ -141,7 +145,15 @@ def fetch_dataset(name: str, *, base_url: str | None = None) -> Path:
     rows = _rows(name)
     base_url = base_url if base_url is not None else settings.data_url
     dest = Path(settings.cachedir) / "data" / name
-    for row in rows:
+    from tqdm.auto import tqdm
+
+    from kgl._logging import no_bar
+
+    host = base_url or settings.source_url or _GITHUB_RAW
+    missing = sum(not (dest / r["file"]).is_file() for r in rows)
+    if missing:
+        logger.info("downloading data set %r: %d of %d files from %s into %s.", name, missing, len(rows), host, dest)
+    for row in tqdm(rows, desc=name, unit="file", disable=no_bar(show_progress) if missing else True):
         target = dest / row["file"]
         what = f"{name}/{row['file']}"
         if base_url is not None:
