@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kgl._settings import settings
 from kgl.models import DEFAULT_MODEL
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -572,7 +573,12 @@ def main(argv: list[str] | None = None) -> int:
             "evaluate-recipe": _cmd_evaluate_recipe,
             "demo": _cmd_demo,
         }
-        return commands[args.command](args)
+        quiet = getattr(args, "quiet", False)
+        progress, settings.show_progress = settings.show_progress, settings.show_progress and not quiet
+        try:
+            return commands[args.command](args)
+        finally:
+            settings.show_progress = progress
     except (ValueError, KeyError, OSError, RuntimeError) as e:  # OSError: missing/unwritable paths, network
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         print(f"kgl: error: {msg}", file=sys.stderr)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import os
 from collections.abc import Iterator
@@ -79,6 +80,20 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
                 tmp.unlink()
 
 
+_QUIET_POOCH: contextvars.ContextVar[bool] = contextvars.ContextVar("kgl_quiet_pooch", default=False)
+
+
+class _QuietPooch(logging.Filter):
+    """Drops pooch's INFO lines ("Downloading data from ...") inside a quiet :func:`pooch_download`.
+
+    A filter read per call, not a changed logger level: pooch's logger is shared by every thread,
+    and a level saved and restored around concurrent downloads could stay lowered.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or not _QUIET_POOCH.get()
+
+
 def pooch_download(
     url: str, sha256: str, dest: str | os.PathLike, *, what: str, fallback: str, quiet: bool = False
 ) -> Path:
@@ -87,15 +102,15 @@ def pooch_download(
     A file already at ``dest`` with that hash is reused. A hash mismatch deletes the download and
     raises a :class:`ValueError`; a network failure raises a :class:`ConnectionError`. Both messages
     name ``what`` and the URL and end with ``fallback`` (what the user can do instead). ``quiet``
-    silences pooch's line per file (a data set of a hundred files logs once, from its caller).
+    drops pooch's line per file (a data set of a hundred files logs once, from its caller).
     """
     import pooch
 
     dest = Path(dest)
     plog = pooch.get_logger()
-    level = plog.level
-    if quiet:
-        plog.setLevel(logging.WARNING)
+    if not any(isinstance(f, _QuietPooch) for f in plog.filters):
+        plog.addFilter(_QuietPooch())
+    token = _QUIET_POOCH.set(quiet)
     try:
         return Path(
             pooch.retrieve(url, known_hash=f"sha256:{sha256}", fname=dest.name, path=dest.parent, progressbar=False)
@@ -109,7 +124,7 @@ def pooch_download(
     except OSError as e:  # network errors (requests' exceptions are OSErrors)
         raise ConnectionError(f"Could not download {what} from {url}: {e}. Check the network, or {fallback}.") from e
     finally:
-        plog.setLevel(level)
+        _QUIET_POOCH.reset(token)
 
 
 def torch_error_summary(e: BaseException) -> str:

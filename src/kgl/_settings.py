@@ -38,6 +38,9 @@ class _Settings:
         The raw-content host in front of ``/<repository>/<commit>/<source_path>`` for those
         downloads (``$KGL_SOURCE_URL``); ``None`` is GitHub's, ``https://raw.githubusercontent.com``.
         Checksums are those of the public files either way.
+    show_progress
+        Progress bars where a function's own ``show_progress`` is not given (data downloads);
+        ``kgl ... --quiet`` turns them off.
 
     """
 
@@ -47,6 +50,7 @@ class _Settings:
     )
     data_url: str | None = field(default_factory=lambda: os.environ.get("KGL_DATA_URL") or None)
     source_url: str | None = field(default_factory=lambda: os.environ.get("KGL_SOURCE_URL") or None)
+    show_progress: bool = True
 
     def data_candidates(self) -> list[Path]:
         """Folders searched, in order, for the development data."""

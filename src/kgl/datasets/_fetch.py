@@ -120,7 +120,13 @@ def _retrieve(url: str, sha256: str, dest: Path, what: str) -> None:
     )
 
 
-def fetch_dataset(name: str, *, base_url: str | None = None, show_progress: bool = True) -> Path:
+def _cached(path: Path, sha256: str) -> bool:
+    import pooch
+
+    return path.is_file() and pooch.file_hash(str(path), alg="sha256") == sha256
+
+
+def fetch_dataset(name: str, *, base_url: str | None = None, show_progress: bool | None = None) -> Path:
     """Download a data set into ``<settings.cachedir>/data/<name>`` (sha256-checked) and return that folder.
 
     Parameters
@@ -131,40 +137,54 @@ def fetch_dataset(name: str, *, base_url: str | None = None, show_progress: bool
         A mirror laid out like the data folder (``<base_url>/<name>/<file>``); default
         :attr:`kgl.settings.data_url`, else the pinned GitHub URLs (:func:`source_url`).
     show_progress
-        A bar over the files (in a terminal or notebook; not in a log file).
+        A bar over the files being downloaded (in a terminal or notebook; not in a log file);
+        default :attr:`kgl.settings.show_progress`.
 
     Notes
     -----
     Files already in the cache with the right sha256 are not downloaded again. The H&E biopsy
     screenshots are published with the viewer's overlays (scale bar, overview inset, cursor box);
-    from GitHub they are fetched as published and a copy with those rectangles painted white is
-    written next to them, as in kgl's development data. The rectangles, like the µm/px of each
-    screenshot, are kgl's own readings, shipped in the package (:func:`image_facts`).
+    from GitHub they are fetched as published (sha256-checked, kept under ``source/``) and a copy
+    with those rectangles painted white is written where kgl reads it, as in kgl's development
+    data. The rectangles, like the µm/px of each screenshot, are kgl's own readings, shipped in the
+    package (:func:`image_facts`).
 
     """
-    rows = _rows(name)
-    base_url = base_url if base_url is not None else settings.data_url
-    dest = Path(settings.cachedir) / "data" / name
     from tqdm.auto import tqdm
 
     from kgl._logging import no_bar
 
+    rows = _rows(name)
+    base_url = base_url if base_url is not None else settings.data_url
+    show_progress = settings.show_progress if show_progress is None else show_progress
+    dest = Path(settings.cachedir) / "data" / name
+
+    def painted(row: dict[str, str]) -> bool:  # published with overlays, painted white here
+        return base_url is None and row["source_sha256"] != row["shared_sha256"]
+
+    def done(row: dict[str, str]) -> bool:
+        target = dest / row["file"]
+        if _cached(target, row["shared_sha256"]):
+            return True  # as in the development data (a painted copy too, where PNG encoding agrees)
+        return painted(row) and target.is_file() and _cached(dest / "source" / row["file"], row["source_sha256"])
+
+    todo = [row for row in rows if not done(row)]
+    if not todo:
+        logger.debug("data set %r is in %s (%d files, sha256-checked).", name, dest, len(rows))
+        return dest
     host = base_url or settings.source_url or _GITHUB_RAW
-    missing = sum(not (dest / r["file"]).is_file() for r in rows)
-    if missing:
-        logger.info("downloading data set %r: %d of %d files from %s into %s.", name, missing, len(rows), host, dest)
-    for row in tqdm(rows, desc=name, unit="file", disable=no_bar(show_progress) if missing else True):
+    logger.info("downloading data set %r: %d of %d files from %s into %s.", name, len(todo), len(rows), host, dest)
+    for row in tqdm(todo, desc=name, unit="file", disable=no_bar(show_progress)):
         target = dest / row["file"]
         what = f"{name}/{row['file']}"
         if base_url is not None:
             _retrieve(f"{base_url.rstrip('/')}/{name}/{row['file']}", row["shared_sha256"], target, what)
-        elif row["source_sha256"] == row["shared_sha256"]:
+        elif not painted(row):
             _retrieve(source_url(row), row["source_sha256"], target, what)
-        else:  # published with overlays: keep the download under source/, paint a copy where kgl reads it
+        else:  # keep the download under source/, paint a copy where kgl reads it
             raw = dest / "source" / row["file"]
             _retrieve(source_url(row), row["source_sha256"], raw, what)
-            if not target.exists():
-                _paint_white(raw, target, image_facts(name)[Path(row["file"]).stem]["painted_white"])
+            _paint_white(raw, target, image_facts(name)[Path(row["file"]).stem]["painted_white"])
     logger.info("data set %r is in %s (%d files, sha256-checked).", name, dest, len(rows))
     return dest
 

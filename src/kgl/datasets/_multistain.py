@@ -230,16 +230,23 @@ def _check_local_readings(path: Path, meta: dict[str, dict]) -> None:
     """A local copy's ``mpp.json`` must say what kgl's packaged readings say (another copy would be other data)."""
     if not path.is_file():
         return
+    fix = "Point KGL_DATA_DIR at an unmodified copy of the data folder, or remove it to download the published set."
     local = json.loads(path.read_text(encoding="utf-8"))
-    if sorted(local) != sorted(meta):
+    if not isinstance(local, dict) or sorted(local) != sorted(meta):
+        listed = sorted(local) if isinstance(local, dict) else type(local).__name__
         raise ValueError(
-            f"{path} lists images {sorted(local)}, kgl's readings of glomeruli-he-biopsy list {sorted(meta)}: "
-            "this folder is not the published set. Point KGL_DATA_DIR at an unmodified copy, or remove it to download."
+            f"{path} lists images {listed}, kgl's readings of glomeruli-he-biopsy list {sorted(meta)}: "
+            f"this folder is not the published set. {fix}"
         )
     for stem, facts in meta.items():
+        entry = local[stem]
+        if not isinstance(entry, dict) or not set(facts) <= set(entry):
+            raise ValueError(f"{path}: {stem} should have {sorted(facts)}, it has {entry!r}. {fix}")
         for key in ("mpp", "width", "height"):
-            if not np.isclose(float(local[stem][key]), facts[key], rtol=1e-4, atol=0):
-                raise ValueError(
-                    f"{path}: {stem} has {key} {local[stem][key]}, kgl's reading is {facts[key]}. "
-                    "Point KGL_DATA_DIR at an unmodified copy of the data folder, or remove it to download."
-                )
+            if not np.isclose(float(entry[key]), facts[key], rtol=1e-4, atol=0):
+                raise ValueError(f"{path}: {stem} has {key} {entry[key]}, kgl's reading is {facts[key]}. {fix}")
+        if [list(map(int, r)) for r in entry["painted_white"]] != facts["painted_white"]:
+            raise ValueError(
+                f"{path}: {stem}'s painted overlays {entry['painted_white']} are not kgl's "
+                f"{facts['painted_white']}. {fix}"
+            )
