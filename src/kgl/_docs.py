@@ -35,6 +35,13 @@ table_name
     For :class:`spatialdata.SpatialData` input: the table to use (and annotate); the only table
     by default."""
 
+_copy = """\
+copy
+    Return a modified copy instead of writing into ``adata``."""
+_show_progress = """\
+show_progress
+    Show a progress bar."""
+
 d = DocstringProcessor(
     spatial_key=_spatial_key,
     library_key=_library_key,
@@ -42,4 +49,6 @@ d = DocstringProcessor(
     library_ids=_library_ids,
     img_key=_img_key,
     table_name=_table_name,
+    copy=_copy,
+    show_progress=_show_progress,
 )

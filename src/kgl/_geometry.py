@@ -57,6 +57,37 @@ def _near_median(d: np.ndarray) -> np.ndarray:
     return np.abs(d / np.median(d) - 1.0) <= MPP_TOLERANCE
 
 
+def array_neighbour_distances(
+    coords: Any, array_row: Any, array_col: Any, steps: Sequence[tuple[int, int]]
+) -> np.ndarray:
+    """Pixel distances between every pair of points that are neighbours on the array.
+
+    ``(array_row + dr, array_col + dc)`` is a neighbour of ``(array_row, array_col)`` for each
+    ``(dr, dc)`` in ``steps`` (Visium spots: :data:`_NEIGHBOUR_STEPS`; Visium HD bins: one row or
+    one column). Points with a non-finite coordinate or index are left out, as are zero distances.
+    """
+    xy = np.asarray(coords, dtype=np.float64)[:, :2]
+    row = np.asarray(array_row, dtype=np.float64)
+    col = np.asarray(array_col, dtype=np.float64)
+    ok = np.isfinite(xy).all(axis=1) & np.isfinite(row) & np.isfinite(col)
+    if ok.sum() < 2:
+        return np.empty(0)
+    r, c, p = row[ok].astype(np.int64), col[ok].astype(np.int64), xy[ok]
+    span = int(c.max() - c.min()) + 2 * max(abs(dc) for _, dc in steps) + 1
+    key = (r - r.min()) * span + (c - c.min() + max(abs(dc) for _, dc in steps))
+    order = np.argsort(key, kind="stable")
+    sorted_key = key[order]
+    dists = []
+    for dr, dc in steps:
+        target = key + dr * span + dc
+        pos = np.minimum(np.searchsorted(sorted_key, target), len(sorted_key) - 1)
+        hit = sorted_key[pos] == target
+        if hit.any():
+            dists.append(np.hypot(*(p[hit] - p[order[pos[hit]]]).T))
+    d = np.concatenate(dists) if dists else np.empty(0)
+    return d[d > 0]
+
+
 def lattice_pitch_px(coords: Any, array_row: Any = None, array_col: Any = None) -> tuple[float, str, int] | None:
     """Pixels between neighbouring spots (the 100-µm pitch) in the frame of ``coords``.
 
@@ -84,29 +115,10 @@ def lattice_pitch_px(coords: Any, array_row: Any = None, array_col: Any = None) 
     xy = np.asarray(coords, dtype=np.float64)[:, :2]
     finite = np.isfinite(xy).all(axis=1)
     if array_row is not None and array_col is not None:
-        row = np.asarray(array_row, dtype=np.float64)
-        col = np.asarray(array_col, dtype=np.float64)
-        ok = finite & np.isfinite(row) & np.isfinite(col)
-        if ok.sum() >= 2:
-            r, c, p = row[ok].astype(np.int64), col[ok].astype(np.int64), xy[ok]
-            span = int(c.max() - c.min()) + 3
-            key = (r - r.min()) * span + (c - c.min() + 1)
-            order = np.argsort(key, kind="stable")
-            sorted_key = key[order]
-            dists = []
-            for dr, dc in _NEIGHBOUR_STEPS:
-                target = key + dr * span + dc
-                pos = np.searchsorted(sorted_key, target)
-                pos = np.minimum(pos, len(sorted_key) - 1)
-                hit = sorted_key[pos] == target
-                if hit.any():
-                    j = order[pos[hit]]
-                    dists.append(np.hypot(*(p[hit] - p[j]).T))
-            d = np.concatenate(dists) if dists else np.empty(0)
-            d = d[d > 0]
-            if len(d) >= MIN_LATTICE_PAIRS:
-                keep = _near_median(d)
-                return float(np.mean(d[keep])), "array lattice", int(keep.sum())
+        d = array_neighbour_distances(xy, array_row, array_col, _NEIGHBOUR_STEPS)
+        if len(d) >= MIN_LATTICE_PAIRS:
+            keep = _near_median(d)
+            return float(np.mean(d[keep])), "array lattice", int(keep.sum())
     p = xy[finite]
     if len(p) >= MIN_LATTICE_SPOTS:
         from scipy.spatial import cKDTree
@@ -510,18 +522,9 @@ def bin_mpp(
     if not (np.isfinite(bin_um) and bin_um > 0 and np.isfinite(side_px) and side_px > 0):
         raise ValueError(f"{where}: bin_size_um ({bin_um!r}) and the bin side ({side_px!r} px) must be positive.")
     img = float(image_mpp) if image_mpp is not None and np.isfinite(image_mpp) and image_mpp > 0 else None
-    c = np.asarray(coords, dtype=np.float64)[:, :2]
     pitch, n = None, 0
-    if array_row is not None and array_col is not None and len(c) > 1:
-        r, k = np.asarray(array_row, dtype=np.int64), np.asarray(array_col, dtype=np.int64)
-        key = r * (int(k.max()) + 2) + k
-        order = np.argsort(key)
-        d = []
-        for step in (1, int(k.max()) + 2):  # the right neighbour, the one below
-            pos = np.searchsorted(key[order], key + step)
-            ok = (pos < len(key)) & (key[order][np.minimum(pos, len(key) - 1)] == key + step)
-            d.append(np.hypot(*(c[order[pos[ok]]] - c[ok]).T))
-        d = np.concatenate(d)
+    if array_row is not None and array_col is not None:
+        d = array_neighbour_distances(coords, array_row, array_col, ((0, 1), (1, 0)))  # the right one, the one below
         if len(d) >= MIN_LATTICE_PAIRS:
             pitch, n = float(np.median(d)), len(d)
     mpp_side = bin_um / side_px

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import functools
 import http.server
+import logging
 import shutil
 import threading
 
 import numpy as np
+import pooch
 import pytest
 
 import kgl
@@ -34,6 +36,17 @@ def serve():
 
 
 @pytest.fixture
+def pooch_records():
+    """The records pooch's logger emits during the test (after its filters)."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    pooch.get_logger().addHandler(handler)
+    yield records
+    pooch.get_logger().removeHandler(handler)
+
+
+@pytest.fixture
 def no_local_data(tmp_path, monkeypatch):
     """No local copy anywhere: the loaders must download into the (temporary) cache."""
     monkeypatch.setattr(settings, "datadir", tmp_path / "no-local-data")
@@ -57,7 +70,7 @@ def test_manifest_pins_every_file_to_a_commit_and_checksum():
 
 
 @pytest.mark.realdata
-def test_loaders_download_from_a_mirror_and_check_sha256(shared_data, serve, no_local_data, monkeypatch):
+def test_loaders_download_from_a_mirror_and_check_sha256(shared_data, serve, no_local_data, pooch_records, monkeypatch):
     url = serve(shared_data)
     monkeypatch.setattr(settings, "data_url", url)
     slides = kgl.datasets.he_biopsy_slides()  # not found locally: fetched from 127.0.0.1 into the cache
@@ -68,24 +81,12 @@ def test_loaders_download_from_a_mirror_and_check_sha256(shared_data, serve, no_
     local = json.loads((shared_data / "glomeruli-he-biopsy" / "mpp.json").read_text())
     assert slides.set_index("slide")["mpp"].to_dict() == {k: v["mpp"] for k, v in local.items()}
     assert not (no_local_data / "data" / "glomeruli-he-biopsy" / "mpp.json").exists()
-    import logging
-
-    import pooch
-
-    records = []
-    handler = logging.Handler()
-    handler.emit = records.append
-    plog = pooch.get_logger()
-    level = plog.level
-    plog.addHandler(handler)
-    try:
-        tiles = kgl.datasets.pas_tiles_slides()
-    finally:
-        plog.removeHandler(handler)
+    level = pooch.get_logger().level
+    tiles = kgl.datasets.pas_tiles_slides()
     assert len(tiles) == 24 and tiles["path"].str.startswith(str(no_local_data)).all()
-    assert records == [] and plog.level == level  # 48 downloads, not one pooch line each; its level left as it was
-    # a second call finds every file cached (sha256) and logs nothing at INFO
-    assert len(kgl.datasets.pas_tiles_slides()) == 24
+    # 66 downloads (18 + 48), not one pooch line each; its level left as it was
+    assert pooch_records == [] and pooch.get_logger().level == level
+    assert len(kgl.datasets.pas_tiles_slides()) == 24  # the cached files, sha256-checked again
     # a second call reuses the cache (the server is gone)
     monkeypatch.setattr(settings, "data_url", "http://127.0.0.1:9")
     assert len(kgl.datasets.he_biopsy_slides()) == 9
@@ -159,25 +160,13 @@ def test_source_url_replaces_the_raw_content_host(monkeypatch):
     assert source_url(row) == f"http://127.0.0.1:8000/{row['repository']}/{row['commit']}/{row['source_path']}"
 
 
-def test_unreachable_mirror_is_a_clear_error(no_local_data, monkeypatch):
-    import logging
-
-    import pooch
-
+def test_unreachable_mirror_is_a_clear_error(no_local_data, pooch_records, monkeypatch):
     monkeypatch.setattr(settings, "data_url", "http://127.0.0.1:9")  # nothing listens on the discard port
     with pytest.raises(FileNotFoundError, match=r"Downloading it failed too: Could not download"):
         kgl.datasets.pas_tiles_slides()
     # pooch is quiet only inside kgl's data downloads: after a failed one, its lines pass again
-    records = []
-    handler = logging.Handler()
-    handler.emit = records.append
-    plog = pooch.get_logger()
-    plog.addHandler(handler)
-    try:
-        plog.info("a pooch line")
-    finally:
-        plog.removeHandler(handler)
-    assert [r.getMessage() for r in records] == ["a pooch line"]
+    pooch.get_logger().info("a pooch line")
+    assert [r.getMessage() for r in pooch_records] == ["a pooch line"]
 
 
 def test_overlays_are_painted_white(tmp_path):

@@ -39,20 +39,24 @@ DATASETS = {
 _GITHUB_RAW = "https://raw.githubusercontent.com"
 
 
+def _packaged_rows(resource: str) -> list[dict[str, str]]:
+    """The rows of one of kgl's packaged tables (a TSV in :mod:`kgl.datasets`)."""
+    text = resources.files("kgl.datasets").joinpath(resource).read_text(encoding="utf-8")
+    return list(csv.DictReader(text.splitlines(), delimiter="\t"))
+
+
 @cache
 def _manifest() -> dict[str, list[dict[str, str]]]:
-    text = resources.files("kgl.datasets").joinpath("_sources.tsv").read_text(encoding="utf-8")
     out: dict[str, list[dict[str, str]]] = {}
-    for row in csv.DictReader(text.splitlines(), delimiter="\t"):
+    for row in _packaged_rows("_sources.tsv"):
         out.setdefault(row["dataset"], []).append(row)
     return out
 
 
 @cache
 def _image_facts() -> dict[str, dict[str, dict]]:
-    text = resources.files("kgl.datasets").joinpath("_image_facts.tsv").read_text(encoding="utf-8")
     out: dict[str, dict[str, dict]] = {}
-    for row in csv.DictReader(text.splitlines(), delimiter="\t"):
+    for row in _packaged_rows("_image_facts.tsv"):
         out.setdefault(row["dataset"], {})[row["image"]] = {
             "mpp": float(row["mpp"]),
             "width": int(row["width"]),
@@ -174,6 +178,7 @@ def fetch_dataset(name: str, *, base_url: str | None = None, show_progress: bool
         return dest
     host = base_url or settings.source_url or _GITHUB_RAW
     logger.info("downloading data set %r: %d of %d files from %s into %s.", name, len(todo), len(rows), host, dest)
+    facts = _image_facts().get(name, {})  # overlays to paint, for sets published with them
     for row in tqdm(todo, desc=name, unit="file", disable=no_bar(show_progress)):
         target = dest / row["file"]
         what = f"{name}/{row['file']}"
@@ -184,7 +189,7 @@ def fetch_dataset(name: str, *, base_url: str | None = None, show_progress: bool
         else:  # keep the download under source/, paint a copy where kgl reads it
             raw = dest / "source" / row["file"]
             _retrieve(source_url(row), row["source_sha256"], raw, what)
-            _paint_white(raw, target, image_facts(name)[Path(row["file"]).stem]["painted_white"])
+            _paint_white(raw, target, facts[Path(row["file"]).stem]["painted_white"])
     logger.info("data set %r is in %s (%d files, sha256-checked).", name, dest, len(rows))
     return dest
 

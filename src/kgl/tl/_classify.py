@@ -245,10 +245,8 @@ def classify_spots(
     key_added
         Results go to ``obs[key_added]``, ``obs[f"{key_added}_proba"]``,
         ``obs[f"{key_added}_in_image"]``, ``obsm[f"X_{key_added}"]`` and ``uns[key_added]["params"]``.
-    copy
-        Return a modified copy instead of writing into ``adata``.
-    show_progress
-        Show a progress bar.
+    %(copy)s
+    %(show_progress)s
 
     Returns
     -------

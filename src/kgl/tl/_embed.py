@@ -79,10 +79,8 @@ def embed_spots(
     key_added
         ``obsm`` key; ``f"X_{name}"`` of the model (registry name or backbone) by default. Its
         parameters go to ``uns[key_added]["params"]``.
-    copy
-        Return a modified copy instead of writing into ``adata``.
-    show_progress
-        Show a progress bar.
+    %(copy)s
+    %(show_progress)s
 
     Returns
     -------

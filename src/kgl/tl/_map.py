@@ -453,10 +453,8 @@ def glomerulus_map(
         255), its scale to ``scalefactors[f"tissue_{key_added}_scalef"]`` (map px per full-res px,
         so ``squidpy.pl.spatial_scatter(img_res_key=key_added)`` shows it) and its parameters to
         ``uns[f"{key_added}_map"]["params"]``.
-    copy
-        Return a modified copy instead of writing into ``adata``.
-    show_progress
-        Show a progress bar.
+    %(copy)s
+    %(show_progress)s
 
     Returns
     -------
