@@ -330,12 +330,9 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     )
     dt = time.perf_counter() - t0
     _write(data, out)
-    from kgl._spatialdata import is_spatialdata
+    from kgl._spatialdata import annotated_table
 
-    table = data
-    if is_spatialdata(data):
-        table = data.tables[args.table_name] if args.table_name else next(iter(data.tables.values()))
-    print(_summary(table, args.key_added, dt))
+    print(_summary(annotated_table(data, args.table_name), args.key_added, dt))
     if args.plot:
         kgl.pl.spatial_glom(data, key=args.key_added, save=args.plot)
         print(f"plot: {args.plot}")

@@ -48,6 +48,11 @@ def _table(sdata: SpatialData, table_name: str | None) -> tuple[str, Any]:
     return table_name, sdata.tables[table_name]
 
 
+def annotated_table(data: Any, table_name: str | None = None) -> Any:
+    """The AnnData kgl annotates: ``data`` itself, or the table of a SpatialData chosen as :mod:`kgl.tl` chooses it."""
+    return _table(data, table_name)[1] if is_spatialdata(data) else data
+
+
 def _image_levels(image: Any) -> list[tuple[Any, float]]:
     """``(array (H, W, C) lazily transposed, downsample vs. finest scale)`` for a (multiscale) image element."""
     from spatialdata import get_pyramid_levels

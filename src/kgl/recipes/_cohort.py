@@ -95,7 +95,7 @@ def classify_file(
     On a ``dask.distributed`` worker, torch uses the worker's threads, not every core of the machine.
     """
     import kgl
-    from kgl._spatialdata import is_spatialdata
+    from kgl._spatialdata import annotated_table
 
     row: dict[str, Any] = dict.fromkeys(COHORT_COLUMNS)
     row.update(input=str(path), output=str(out), worker=_worker_name())
@@ -105,9 +105,7 @@ def classify_file(
         data = read_sample(path, fullres_image)
         kgl.tl.classify_spots(data, **kwargs)
         key = kwargs.get("key_added", "glomerulus")
-        table = data.tables[kwargs["table_name"]] if is_spatialdata(data) and kwargs.get("table_name") else data
-        if is_spatialdata(table):  # one table (classify_spots refused several without table_name)
-            table = next(iter(table.tables.values()))
+        table = annotated_table(data, kwargs.get("table_name"))
         calls = table.obs[key]
         n_pos = int((calls == calls.cat.categories[-1]).sum())  # the positive class is the last category
         write_sample(data, out)  # last: a sample counted as written is written
