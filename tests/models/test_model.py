@@ -199,3 +199,20 @@ def test_fold_batchnorm_untraceable_backbone_is_copied_unfolded():
     x = torch.randn(2, 3, 16, 16)
     with torch.inference_mode():
         torch.testing.assert_close(folded(x), model(x))
+
+
+@pytest.mark.parametrize("build", ["classifier", "segmenter", "timm"])
+def test_a_seed_gives_the_same_model_and_leaves_the_callers_stream(build):
+    from kgl.models import build_segmenter
+
+    make = {
+        "classifier": lambda seed: build_model("mobilenet_v2", weights=None, seed=seed),
+        "segmenter": lambda seed: build_segmenter(weights=None, seed=seed),
+        "timm": lambda seed: build_model("timm:convnext_nano", weights=None, seed=seed),
+    }[build]
+    torch.manual_seed(123)
+    expected = torch.rand(4)
+    torch.manual_seed(123)
+    a = make(3)
+    assert torch.equal(torch.rand(4), expected)  # building drew from its own seed, not the caller's stream
+    assert state_dict_sha256(a) == state_dict_sha256(make(3)) != state_dict_sha256(make(4))

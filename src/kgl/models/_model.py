@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -220,9 +222,7 @@ def build_model(
     if weights == "DEFAULT":  # kgl's measured weights for its backbones, torchvision's DEFAULT for others
         weights = DEFAULT_WEIGHTS.get(backbone, "DEFAULT")
     w = _resolve_weights(backbone, weights)
-    gen_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
+    with seeded(seed):
         try:
             net = _pretrained(backbone, w)
         except pickle.UnpicklingError as e:
@@ -254,9 +254,19 @@ def build_model(
             **{**norm, **config},
         )
         model = GlomClassifier(net, num_features, cfg)
-    finally:
-        torch.random.set_rng_state(gen_state)
     return _zero_untrained_head(model)
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Seed torch's global generator with ``seed`` inside the block; the caller's state is back afterwards.
+
+    :func:`torch.random.fork_rng` over the CPU generator: building a model draws its random
+    initialisation from ``seed`` and does not move the caller's random stream.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 def _zero_untrained_head(model: GlomClassifier) -> GlomClassifier:
@@ -297,9 +307,7 @@ def _build_timm(backbone: str, weights: str | None, *, class_names: tuple[str, .
             f"timm_kwargs must be JSON (they are stored so that a checkpoint rebuilds the model): {e}. Give layer "
             "classes by name, e.g. mlp_layer='SwiGLUPacked', act_layer='SiLU'."
         ) from None
-    gen_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
+    with seeded(seed):
         try:
             net = timm.create_model(name, pretrained=weights is not None, num_classes=0, **_timm_layers(timm_kwargs))
         except RuntimeError as e:
@@ -329,8 +337,6 @@ def _build_timm(backbone: str, weights: str | None, *, class_names: tuple[str, .
         )
         width = getattr(net, "head_hidden_size", None) or net.num_features  # pre-logits width (mobilenetv3: 1280)
         model = GlomClassifier(net, int(width), cfg)
-    finally:
-        torch.random.set_rng_state(gen_state)
     return _zero_untrained_head(model)
 
 

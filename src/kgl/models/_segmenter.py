@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from kgl.models._config import ModelConfig
-from kgl.models._model import CLASS_NAMES, DEFAULT_WEIGHTS, _pretrained, _resolve_weights, model_config
+from kgl.models._model import CLASS_NAMES, DEFAULT_WEIGHTS, _pretrained, _resolve_weights, model_config, seeded
 
 __all__ = ["MAP_ARCHS", "GlomSegmenter", "build_segmenter"]
 
@@ -128,9 +128,7 @@ def build_segmenter(
     if weights == "DEFAULT":
         weights = DEFAULT_WEIGHTS.get(encoder, "DEFAULT")
     w = _resolve_weights(encoder, weights)
-    state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
+    with seeded(seed):
         net = smp.create_model(arch, encoder_name=encoder, encoder_weights=None, in_channels=3, classes=1)
         norm: dict[str, Any] = {}
         if w is not None:
@@ -138,8 +136,6 @@ def build_segmenter(
             net.encoder.load_state_dict(tv.state_dict())  # smp's encoder drops the classifier keys itself
             t = w.transforms()
             norm = {"mean": list(t.mean), "std": list(t.std)}
-    finally:
-        torch.random.set_rng_state(state)
     cfg = model_config(
         encoder,
         weights=None if w is None else w.name,
@@ -180,13 +176,9 @@ def _build_timm_segmenter(arch: str, encoder: str, weights: str | None, *, mpp: 
     name = encoder[len("timm:") :]
     if int(input_size) % 32 or input_size < 32:
         raise ValueError(f"input_size must be a positive multiple of 32 px (the encoder's stride), got {input_size!r}.")
-    state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
+    with seeded(seed):
         net = smp.create_model(arch, encoder_name=f"tu-{name}", encoder_weights=None if weights is None else "imagenet",
                                in_channels=3, classes=1)  # fmt: skip
-    finally:
-        torch.random.set_rng_state(state)
     timm_net = getattr(net.encoder, "model", None)  # smp's TimmUniversalEncoder wraps the timm network
     if timm_net is not None:
         dc = resolve_data_config({}, model=timm_net)
