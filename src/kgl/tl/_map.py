@@ -130,22 +130,21 @@ def _dask_run(model: Any, tiles: Any, run: list[int], *, device: Any, amp: Any, 
     """One Dask task: read a run of tiles, predict, and lay out ``(p·w, w)`` (and features) side by side."""
     from kgl.im import blend_window
 
-    size = tiles.size
-    win = blend_window(size, tiles.halo)
-    fwin = win[16::32, 16::32]
+    win = blend_window(tiles.size, tiles.halo)
     p, f = _forward(model, np.stack([tiles[k][2] for k in run]), device=device, amp=amp, features=features)
-    out = np.empty((2, size, len(run) * size), dtype=np.float32)
-    for b in range(len(run)):
-        out[0, :, b * size : (b + 1) * size] = p[b] * win
-        out[1, :, b * size : (b + 1) * size] = win
-    if f is None:
-        return out, None
-    n = size // 32
-    fout = np.empty((f.shape[1] + 1, n, len(run) * n), dtype=np.float32)
-    for b in range(len(run)):
-        fout[:-1, :, b * n : (b + 1) * n] = f[b] * fwin
-        fout[-1, :, b * n : (b + 1) * n] = fwin
-    return out, fout
+    return _side_by_side(p[:, None], win), None if f is None else _side_by_side(f, win[16::32, 16::32])
+
+
+def _side_by_side(values: np.ndarray, win: np.ndarray) -> np.ndarray:
+    """Tiles ``(B, C, h, w)`` weighted by ``win`` ``(h, w)``, laid out along x, with the weights as a last channel.
+
+    ``(C + 1, h, B·w)``: what :func:`kgl.im.blend_block` overlap-adds.
+    """
+    n, c, h, w = values.shape
+    out = np.empty((c + 1, h, n * w), dtype=np.float32)
+    out[:-1] = (values * win).transpose(1, 2, 0, 3).reshape(c, h, n * w)
+    out[-1] = np.tile(win, (1, n))
+    return out
 
 
 def _shared(obj: Any) -> Any:
