@@ -99,3 +99,12 @@ def test_timm_models_give_one_vector_per_patch(backbone, kwargs, width):
     x = torch.rand(2, 3, 224, 224)
     assert net.forward_features(x).shape == (2, width) and net(x).shape == (2, 2)
     assert "num_classes" not in net.config.get("timm_kwargs", {})  # kgl's own; a card's copy is dropped
+
+
+def test_a_bad_device_fails_before_the_model_is_loaded(tmp_path):
+    adata = make_visium(width=600, height=500)
+    missing = tmp_path / "no-such-model.pt"  # loading it would be a FileNotFoundError: the device is checked first
+    with pytest.raises(ValueError, match=r"Unknown device 'gpu0'"):
+        kgl.tl.embed_spots(adata, str(missing), device="gpu0")
+    with pytest.raises(ValueError, match=r"Unknown device 'gpu0'"):
+        kgl.tl.classify_spots(adata, str(missing), device="gpu0")

@@ -89,11 +89,13 @@ def embed_spots(
     """
     from kgl.models import resolve_model
     from kgl.tl._classify import make_run
+    from kgl.tl._device import resolve_device
 
     check_int(batch_size, "batch_size")
     check_int(num_workers, "num_workers", minimum=0)
     if key_added is not None:
         check_key(key_added)
+    resolve_device(device)  # a bad device fails before any model is loaded or downloaded, as in classify_spots
     net = resolve_model(model)
     key = key_added or _default_key(net, model)
     if key in (spatial_key, "spatial"):
